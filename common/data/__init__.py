@@ -1,0 +1,18 @@
+"""Domain data: loaders, synthetic generator, validation."""
+
+from .domain import DataError, Domain, Split
+from .mergerec_json import load_mergerec_json
+from .recbole import load_recbole
+from .synthetic import SyntheticConfig, make_synthetic_domains
+from .validation import validate_domain
+
+__all__ = [
+    "DataError",
+    "Domain",
+    "Split",
+    "SyntheticConfig",
+    "load_mergerec_json",
+    "load_recbole",
+    "make_synthetic_domains",
+    "validate_domain",
+]

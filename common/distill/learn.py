@@ -1,0 +1,118 @@
+"""Learning merging weights on pseudo-users with teacher distillation (MergeRec step 4)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ..merging.learned import Granularity, LearnedMerge
+from ..merging.methods import MergeInit, StateDict
+from ..model.recommender import TextSeqRec, pad_sequences
+from .losses import LossConfig, merge_loss
+from .teacher import TeacherSignal
+
+
+@dataclass
+class DistillConfig:
+    """Optimisation of the merging weights.
+
+    ``item_refresh_every = 0`` freezes the student's item table at the initial merge (the
+    paper); ``N > 0`` re-encodes it with the current weights every N steps.
+    ``student_dropout`` runs the student in train mode (the official code does; off here so
+    that student, teacher and item table see the same dropout-free model).
+    """
+
+    granularity: Granularity = "task"
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 1e-3
+    loss: LossConfig = field(default_factory=LossConfig)
+    item_refresh_every: int = 0
+    student_dropout: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class DomainPseudoData:
+    """One domain's pseudo-users, item text vectors and (optional) teacher answers."""
+
+    name: str
+    features: torch.Tensor
+    sequences: list[list[int]]
+    teacher: TeacherSignal | None = None
+
+
+@dataclass
+class LearnResult:
+    """Learned weights, the merged state dict and the loss log."""
+
+    weights: dict[str, list[float]]
+    state_dict: StateDict
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def _encode_table(model: TextSeqRec, params: StateDict, feats: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return functional_call(model, params, (feats,))
+
+
+def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
+                        domains: list[DomainPseudoData], cfg: DistillConfig) -> LearnResult:
+    """Optimise merging weights with Adam; ``model`` only supplies the architecture."""
+    if not domains or any(len(d.sequences) == 0 for d in domains):
+        raise ValueError("every domain needs at least one pseudo-user")
+    for d in domains:
+        if d.teacher is not None:
+            d.teacher.validate(len(d.sequences))
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    merge = LearnedMerge(base, init, cfg.granularity, model.layer_groups())
+    opt = torch.optim.Adam(merge.parameters(), lr=cfg.lr)
+    model.train(cfg.student_dropout)
+    feats = [d.features.float() for d in domains]
+    offsets = torch.tensor([0] + [len(d.sequences) for d in domains]).cumsum(0)
+    total_users = int(offsets[-1])
+    tables = [None] * len(domains)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"learn {cfg.granularity}-wise weights",
+               disable=not cfg.progress, leave=False)
+    for step in bar:
+        params = merge.merged_state()
+        if step == 0 or (cfg.item_refresh_every and step % cfg.item_refresh_every == 0):
+            detached = {k: v.detach() for k, v in params.items()}
+            tables = [_encode_table(model, detached, f) for f in feats]
+        picks = torch.randint(total_users, (cfg.batch_size,), generator=gen)
+        dom_of = torch.bucketize(picks, offsets[1:], right=True)
+        loss = torch.zeros(())
+        logs: dict[str, float] = {}
+        for k, d in enumerate(domains):
+            rows = picks[dom_of == k] - offsets[k]
+            if len(rows) == 0:
+                continue
+            seqs = [d.sequences[int(r)] for r in rows]
+            uniq = sorted({i for s in seqs for i in s})
+            remap = {i: j for j, i in enumerate(uniq)}
+            padded, lengths = pad_sequences([[remap[i] for i in s] for s in seqs], model.cfg.max_len)
+            users = functional_call(model, params, (feats[k][uniq], padded, lengths))
+            z = model.score(users, tables[k])
+            teacher = d.teacher.rows(rows) if d.teacher is not None else None
+            terms = merge_loss(z, teacher, cfg.loss)
+            share = len(rows) / cfg.batch_size
+            loss = loss + share * terms["total"]
+            for name, v in terms.items():
+                logs[name] = logs.get(name, 0.0) + share * float(v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append({"step": step, **logs})
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+    model.eval()
+    final = {k: v.detach().clone() for k, v in merge.merged_state().items()}
+    return LearnResult(merge.weight_table(), final, history, time.perf_counter() - start)

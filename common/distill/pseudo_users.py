@@ -1,0 +1,99 @@
+"""Pseudo-users built from an item catalogue only (never from interactions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+ScoreFn = Callable[[list[list[int]]], torch.Tensor]
+
+
+@dataclass
+class PseudoUserConfig:
+    """How to build pseudo-users for one domain.
+
+    ``kind="one_item"``: every selected item as a one-item history (the paper).
+    ``kind="walk"``: start from a selected item and append, ``walk_length - 1`` times, the
+    top-scored item not yet in the sequence according to a scorer (a silo's teacher).
+    ``sample``: ``all`` items, a ``random`` subset of ``num``, or ``centroid`` (k-means with
+    ``num`` clusters over the item text vectors, the item nearest each centroid).
+    """
+
+    kind: Literal["one_item", "walk"] = "one_item"
+    sample: Literal["all", "random", "centroid"] = "all"
+    num: int | None = None
+    walk_length: int = 3
+    seed: int = 0
+
+
+def kmeans_nearest(features: torch.Tensor, k: int, seed: int, iters: int = 25) -> list[int]:
+    """Indices of the items nearest to ``k`` k-means centroids (cosine, k-means++ start)."""
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    gen = torch.Generator().manual_seed(seed)
+    centroids = [int(torch.randint(len(x), (1,), generator=gen))]
+    dist = 1 - x @ x[centroids[0]]
+    for _ in range(1, k):
+        probs = dist.clamp(min=0) ** 2
+        nxt = int(torch.multinomial(probs / probs.sum(), 1, generator=gen)) if probs.sum() > 0 \
+            else int(torch.randint(len(x), (1,), generator=gen))
+        centroids.append(nxt)
+        dist = torch.minimum(dist, 1 - x @ x[nxt])
+    c = x[centroids].clone()
+    for _ in range(iters):
+        assign = (x @ c.T).argmax(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                c[j] = torch.nn.functional.normalize(members.mean(0), dim=0)
+    sims = x @ c.T
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for j in range(k):
+        for idx in sims[:, j].argsort(descending=True).tolist():
+            if idx not in taken:
+                chosen.append(idx)
+                taken.add(idx)
+                break
+    return chosen
+
+
+def select_items(features: torch.Tensor, cfg: PseudoUserConfig) -> list[int]:
+    """Starting items per ``cfg.sample``."""
+    n = len(features)
+    if cfg.sample == "all" or cfg.num is None or cfg.num >= n:
+        return list(range(n))
+    if cfg.num <= 0:
+        raise ValueError(f"number of pseudo-users must be positive, got {cfg.num}")
+    if cfg.sample == "random":
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return sorted(torch.randperm(n, generator=gen)[: cfg.num].tolist())
+    if cfg.sample == "centroid":
+        return kmeans_nearest(features, cfg.num, cfg.seed)
+    raise ValueError(f"unknown pseudo-user sampling '{cfg.sample}'")
+
+
+def extend_walks(seqs: list[list[int]], score: ScoreFn) -> list[list[int]]:
+    """Append to each sequence its top-scored item that is not already in it."""
+    scores = score(seqs).float().clone()
+    out = []
+    for r, s in enumerate(seqs):
+        scores[r, torch.tensor(s, dtype=torch.long)] = float("-inf")
+        out.append(s + [int(scores[r].argmax())])
+    return out
+
+
+def build_pseudo_users(features: torch.Tensor, cfg: PseudoUserConfig,
+                       score: ScoreFn | None = None) -> list[list[int]]:
+    """Pseudo-user histories (item indices) for one domain."""
+    seqs = [[i] for i in select_items(features, cfg)]
+    if cfg.kind == "one_item":
+        return seqs
+    if cfg.kind != "walk":
+        raise ValueError(f"unknown pseudo-user kind '{cfg.kind}'")
+    if score is None:
+        raise ValueError("walk pseudo-users need a scorer (the silo's teacher)")
+    for _ in range(cfg.walk_length - 1):
+        seqs = extend_walks(seqs, score)
+    return seqs

@@ -1,0 +1,59 @@
+"""Learnable merging weights: task-wise (one per domain) or layer-wise (per domain and group).
+
+The merged parameters ``θ₀ + Σ_k w[g(name), k] · τ̃_k[name]`` are rebuilt by
+:meth:`LearnedMerge.merged_state` once per optimisation step and then used for every forward
+call of that step through ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from .methods import MergeInit, StateDict
+
+Granularity = Literal["task", "layer"]
+
+
+class LearnedMerge(nn.Module):
+    """Trainable merging weights over frozen θ₀ and processed task vectors."""
+
+    def __init__(self, base: StateDict, init: MergeInit, granularity: Granularity = "task",
+                 groups: dict[str, str] | None = None) -> None:
+        super().__init__()
+        if granularity == "layer" and groups is None:
+            raise ValueError("layer-wise merging needs a parameter -> group mapping")
+        self.names = list(base)
+        self.granularity = granularity
+        if granularity == "task":
+            self.group_names = ["all"]
+            self.group_of = {n: 0 for n in self.names}
+        else:
+            assert groups is not None
+            missing = [n for n in self.names if n not in groups]
+            if missing:
+                raise ValueError(f"no layer group for parameters {missing[:3]}")
+            self.group_names = sorted(set(groups[n] for n in self.names))
+            self.group_of = {n: self.group_names.index(groups[n]) for n in self.names}
+        self._base = {n: base[n].detach().float() for n in self.names}
+        self._stacked = {n: torch.stack([v[n].detach().float() for v in init.vectors])
+                         for n in self.names}
+        w0 = torch.tensor(init.weights, dtype=torch.float32)
+        self.weights = nn.Parameter(w0.repeat(len(self.group_names), 1))
+        self.domains = len(init.vectors)
+
+    def merged_state(self) -> StateDict:
+        """Merged parameters as a function of the current weights (differentiable)."""
+        out = {}
+        for n in self.names:
+            w = self.weights[self.group_of[n]]
+            stacked = self._stacked[n]
+            out[n] = self._base[n] + torch.tensordot(w, stacked, dims=([0], [0]))
+        return out
+
+    def weight_table(self) -> dict[str, list[float]]:
+        """Current weights as {group: [w_1..w_K]} (for reports)."""
+        w = self.weights.detach()
+        return {g: [float(x) for x in w[i]] for i, g in enumerate(self.group_names)}

@@ -1,0 +1,5 @@
+"""Text-based sequential recommender."""
+
+from .recommender import ModelConfig, TextSeqRec, build_base_model, pad_sequences, state_hash
+
+__all__ = ["ModelConfig", "TextSeqRec", "build_base_model", "pad_sequences", "state_hash"]

@@ -1,0 +1,172 @@
+"""Text-based sequential recommender: items are represented only through their text vectors.
+
+* Item tower: ``e_i = normalize(x_i + Adapter(x_i))`` over the frozen text vector ``x_i``.
+* Sequence tower: a causal transformer over the last ``max_len`` item vectors of a history;
+  the user vector at position ``t`` is ``normalize(e_{s_t} + Head(h_t))``.
+* Score: cosine(user, item) / temperature against every item of the domain.
+
+The adapter's and the head's output projections start at zero, so the untrained base model
+θ₀ ranks items exactly by text similarity to the last history item: a meaningful zero-shot
+recommender. Because nothing is item-id specific, one set of weights serves any domain
+(including unseen ones) given that domain's text vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the recommender (text_dim comes from the text encoder)."""
+
+    text_dim: int = 384
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.1
+    item_hidden: int = 256
+    temperature: float = 0.05
+
+
+class ItemTower(nn.Module):
+    """Residual adapter over frozen text vectors (zero-initialised output)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.inp = nn.Linear(cfg.text_dim, cfg.item_hidden)
+        self.out = nn.Linear(cfg.item_hidden, cfg.text_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return text + self.out(F.gelu(self.inp(text)))
+
+
+class SequenceTower(nn.Module):
+    """Causal pre-LN transformer over item vectors with a zero-initialised residual head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.inp = nn.Linear(cfg.text_dim, cfg.hidden)
+        self.pos = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, 4 * cfg.hidden, cfg.dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(cfg.layers)
+        )
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.text_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.max_len = cfg.max_len
+
+    def forward(self, seq_emb: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``seq_emb`` [B, L, D] left-aligned, right-padded; returns [B, L, D] per position."""
+        b, length, _ = seq_emb.shape
+        pos = torch.arange(length, device=seq_emb.device)
+        h = self.drop(self.inp(seq_emb) + self.pos(pos)[None])
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=h.device), 1)
+        for block in self.blocks:
+            h = block(h, src_mask=causal)
+        return seq_emb + self.out(self.norm(h))
+
+
+class TextSeqRec(nn.Module):
+    """The recommender: ``encode_items``, ``encode_sequences`` and ``score``.
+
+    A backbone that fine-tunes its own text encoder can implement the same three methods.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_tower = ItemTower(cfg)
+        self.seq_tower = SequenceTower(cfg)
+
+    def forward(self, item_text: torch.Tensor, seqs: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Item vectors of ``item_text``, or user vectors when ``seqs`` index into it.
+
+        This single entry point lets ``torch.func.functional_call`` run either tower with
+        merged parameters.
+        """
+        item_emb = self.encode_items(item_text)
+        if seqs is None:
+            return item_emb
+        assert lengths is not None
+        return self.encode_sequences(item_emb, seqs, lengths)
+
+    def encode_items(self, text: torch.Tensor) -> torch.Tensor:
+        """Unnormalised item vectors [N, D] from text vectors [N, text_dim]."""
+        return self.item_tower(text)
+
+    def sequence_states(self, item_emb: torch.Tensor, seqs: torch.Tensor,
+                        lengths: torch.Tensor) -> torch.Tensor:
+        """User vectors at every position [B, L, D]; ``seqs`` padded with any valid id."""
+        return self.seq_tower(item_emb[seqs], lengths)
+
+    def encode_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
+                         lengths: torch.Tensor) -> torch.Tensor:
+        """User vectors [B, D] after the last real item of each sequence."""
+        states = self.sequence_states(item_emb, seqs, lengths)
+        return states[torch.arange(len(seqs)), lengths - 1]
+
+    def score(self, users: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity [B, N] (divide by ``cfg.temperature`` for logits)."""
+        return F.normalize(users, dim=-1) @ F.normalize(item_emb, dim=-1).T
+
+    def layer_groups(self) -> dict[str, str]:
+        """Parameter name -> layer group, used by layer-wise merging."""
+        groups = {}
+        for name, _ in self.named_parameters():
+            if name.startswith("seq_tower.blocks."):
+                groups[name] = "seq_tower.block" + name.split(".")[2]
+            elif name.startswith("seq_tower.out") or name.startswith("seq_tower.norm"):
+                groups[name] = "seq_tower.head"
+            elif name.startswith("seq_tower."):
+                groups[name] = "seq_tower.input"
+            else:
+                groups[name] = name.split(".")[0]
+        return groups
+
+
+def build_base_model(cfg: ModelConfig, seed: int = 0) -> TextSeqRec:
+    """The pretrained base θ₀: deterministic under ``seed`` (bit-identical across silos)."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = TextSeqRec(cfg)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model
+
+
+def pad_sequences(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the last ``max_len`` items of each sequence; left-align and pad with item 0."""
+    cut = [s[-max_len:] for s in seqs]
+    lengths = torch.tensor([len(s) for s in cut], dtype=torch.long)
+    if (lengths == 0).any():
+        raise ValueError("empty history: every sequence needs at least one item")
+    out = torch.zeros(len(cut), int(lengths.max()), dtype=torch.long)
+    for r, s in enumerate(cut):
+        out[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out, lengths
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of a state dict (identifies θ₀)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Benchmarks and experiments (scripts that print tables and write JSON/CSV/Markdown)."""

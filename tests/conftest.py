@@ -1,0 +1,37 @@
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon"
+
+
+def write_domain(folder: Path, **overrides) -> Path:
+    """A tiny valid MergeRec-JSON domain; ``overrides`` replace whole files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "smap.json": {"A": 0, "B": 1, "C": 2, "D": 3},
+        "meta_data.json": {k: {"title": f"item {k}", "brand": "b", "category": "c"} for k in "ABCD"},
+        "train.json": {"0": [0, 1], "1": [2, 3, 0], "2": [1, 2]},
+        "val.json": {"0": [2], "1": [1], "2": [3]},
+        "test.json": {"0": [3], "1": [2], "2": [0]},
+        "umap.json": {"u0": 0, "u1": 1, "u2": 2},
+    }
+    files.update(overrides)
+    for name, content in files.items():
+        if content is None:
+            continue
+        (folder / name).write_text(json.dumps(content) if not isinstance(content, str) else content)
+    return folder
+
+
+@pytest.fixture
+def tiny_domain_dir(tmp_path: Path) -> Path:
+    return write_domain(tmp_path / "Tiny")
+
+
+@pytest.fixture(scope="session")
+def amazon_dir() -> Path:
+    if not (SHARED / "Pantry.tar.gz").is_file():
+        pytest.skip(f"real data not found at {SHARED} (the shared/ folder beside the checkout)")
+    return SHARED

@@ -1,0 +1,27 @@
+import math
+
+import torch
+
+from common.evaluation import metrics_from_ranks, ndcg_single, target_ranks
+
+
+def test_target_ranks_by_hand():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3],
+                           [0.4, 0.4, 0.4, 0.0],
+                           [0.2, 0.1, 0.0, -1.0]])
+    targets = torch.tensor([2, 1, 3])
+    # row 0: only item 1 scores higher -> rank 1; row 1: tie with item 0 (lower index) -> 1;
+    # row 2: three items above -> 3
+    assert target_ranks(scores, targets).tolist() == [1, 1, 3]
+
+
+def test_metrics_by_hand():
+    ranks = torch.tensor([0, 1, 4, 12])
+    m = metrics_from_ranks(ranks, (1, 5, 10))
+    assert m["recall@1"] == 0.25
+    assert m["recall@5"] == 0.75
+    assert m["recall@10"] == 0.75
+    expected_ndcg5 = (1.0 + 1 / math.log2(3) + 1 / math.log2(6)) / 4
+    assert math.isclose(m["ndcg@5"], expected_ndcg5, rel_tol=1e-12)
+    assert math.isclose(m["mrr"], (1 + 1 / 2 + 1 / 5 + 1 / 13) / 4, rel_tol=1e-12)
+    assert ndcg_single(0, 10) == 1.0 and ndcg_single(10, 10) == 0.0
