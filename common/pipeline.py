@@ -7,6 +7,7 @@ The Flower apps call the same building blocks (``fine_tune_domain``, ``build_pse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file
 
 from .config import to_dict
 from .data import Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains
@@ -24,7 +26,7 @@ from .evaluation import EvalConfig, evaluate_model, evaluate_popularity
 from .merging import MergeConfig, build_merge
 from .merging.methods import StateDict
 from .model import ModelConfig, TextSeqRec, build_base_model, state_hash
-from .text import item_features, make_encoder
+from .text import center_features, item_features, make_encoder
 from .text.cache import atomic_save_safetensors
 from .training import TrainConfig, fine_tune
 
@@ -86,6 +88,7 @@ class PipelineConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     encoder: str = "hashing-256"
+    center_features: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -109,11 +112,13 @@ def load_domains(cfg: DataConfig) -> list[Domain]:
     return out
 
 
-def domain_features(domains: list[Domain], encoder_spec: str, cache_dir: str | Path
-                    ) -> list[torch.Tensor]:
-    """Frozen text vectors per domain, cached under ``cache_dir/features``."""
+def domain_features(domains: list[Domain], encoder_spec: str, cache_dir: str | Path,
+                    center: bool = True) -> list[torch.Tensor]:
+    """Frozen text vectors per domain (cached under ``cache_dir/features``), optionally
+    centred on each catalogue's mean (see :func:`common.text.center_features`)."""
     encoder = make_encoder(encoder_spec)
-    return [item_features(d, encoder, Path(cache_dir) / "features") for d in domains]
+    feats = [item_features(d, encoder, Path(cache_dir) / "features") for d in domains]
+    return [center_features(f) for f in feats] if center else feats
 
 
 def model_from_state(cfg: ModelConfig, state: StateDict) -> TextSeqRec:
@@ -123,12 +128,32 @@ def model_from_state(cfg: ModelConfig, state: StateDict) -> TextSeqRec:
     return model.eval()
 
 
-def fine_tune_domain(base: StateDict, model_cfg: ModelConfig, domain: Domain,
-                     features: torch.Tensor, train_cfg: TrainConfig,
-                     checkpoint: str | Path | None = None) -> tuple[StateDict, dict[str, object]]:
-    """A silo's local training from θ₀; returns its weights and aggregate training stats."""
+def training_key(base: StateDict, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 domains: list[Domain]) -> str:
+    """Identifies a fine-tuning run: θ₀ hash, configs and the training data's catalogue."""
+    payload = json.dumps([state_hash(base), to_dict(model_cfg), to_dict(train_cfg),
+                          [(d.name, d.catalogue_hash(), d.num_users) for d in domains]],
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def fine_tune_cached(base: StateDict, model_cfg: ModelConfig, domains: list[Domain],
+                     features: list[torch.Tensor], train_cfg: TrainConfig,
+                     checkpoint_dir: str | Path | None = None) -> tuple[StateDict, dict[str, object]]:
+    """Fine-tune from θ₀ (one domain = a silo; several = joint training).
+
+    With ``checkpoint_dir`` the best weights are kept as
+    ``<names>-<training key>.safetensors`` and reused by a rerun with the same θ₀, configs
+    and data instead of retraining.
+    """
+    path = None
+    if checkpoint_dir is not None:
+        key = training_key(base, model_cfg, train_cfg, domains)
+        path = Path(checkpoint_dir) / f"{'+'.join(d.name for d in domains)}-{key}.safetensors"
+        if path.is_file():
+            return load_file(str(path)), {"reused_checkpoint": str(path)}
     model = model_from_state(model_cfg, base)
-    result = fine_tune(model, [domain], [features], train_cfg, checkpoint)
+    result = fine_tune(model, domains, features, train_cfg, path)
     stats = {"best_epoch": result.best_epoch, "best_val_ndcg@10": result.best_val_ndcg10,
              "epochs_run": len(result.history) - 1, "seconds": result.seconds}
     return result.state_dict, stats
@@ -190,7 +215,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
     stages = _Stages()
     domains = stages.run("load data", load_domains, cfg.data)
     names = [d.name for d in domains]
-    feats = stages.run("encode item text", domain_features, domains, cfg.encoder, cfg.data.cache_dir)
+    feats = stages.run("encode item text", domain_features, domains, cfg.encoder, cfg.data.cache_dir,
+                       cfg.center_features)
     model_cfg = ModelConfig(**{**to_dict(cfg.model), "text_dim": int(feats[0].shape[1])})
     base = build_base_model(model_cfg, cfg.seed).state_dict()
     train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed})
@@ -207,10 +233,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
 
     finetuned: list[StateDict] = []
     train_stats: dict[str, object] = {}
+    ckpt_dir = out_dir / "checkpoints" if out_dir else None
     for d, f in zip(domains, feats):
-        ckpt = out_dir / "checkpoints" / f"{d.name}.safetensors" if out_dir else None
-        state, stats = stages.run(f"fine-tune {d.name}", fine_tune_domain, base, model_cfg, d, f,
-                                  train_cfg, ckpt)
+        state, stats = stages.run(f"fine-tune {d.name}", fine_tune_cached, base, model_cfg, [d], [f],
+                                  train_cfg, ckpt_dir)
         finetuned.append(state)
         train_stats[d.name] = stats
     matrix = {}
@@ -220,10 +246,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
     results["in-domain fine-tuned"] = {n: matrix[n][n] for n in names}
 
     if cfg.joint:
-        joint_model = model_from_state(model_cfg, base)
-        joint = stages.run("joint training", fine_tune, joint_model, domains, feats, train_cfg)
-        train_stats["joint"] = {"best_epoch": joint.best_epoch, "seconds": joint.seconds}
-        results["joint (pooled data, non-private)"] = stages.run("eval joint", eval_all, joint.state_dict)
+        joint, train_stats["joint"] = stages.run("joint training", fine_tune_cached, base, model_cfg,
+                                                 domains, feats, train_cfg, ckpt_dir)
+        results["joint (pooled data, non-private)"] = stages.run("eval joint", eval_all, joint)
 
     for mcfg in cfg.merges:
         label = mcfg.method.replace("_", " ")

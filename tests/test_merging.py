@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from common.merging import LearnedMerge, MergeConfig, build_merge, task_vectors, topk_mask
+from common.merging import LearnedMerge, MergeConfig, build_merge, methods, task_vectors, topk_mask
+
+
+@pytest.fixture(autouse=True)
+def sparsify_everything(monkeypatch, request):
+    """Hand-computed cases use tiny tensors: let every tensor be sparsified there."""
+    if "small_tensor" not in request.node.name:
+        monkeypatch.setattr(methods, "SMALL_TENSOR", 1)
 
 BASE = {"w": torch.zeros(4), "b": torch.zeros(2)}
 FT = [
@@ -106,3 +113,14 @@ def test_learned_merge_task_and_layer_wise():
     assert torch.allclose(out["b"], FT[0]["b"]) and torch.allclose(out["w"], init.merged(BASE)["w"])
     out["w"].sum().backward()
     assert lw.weights.grad is not None and lw.weights.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["ties", "dare", "pcb", "localize_stitch"])
+def test_small_tensors_are_never_sparsified(method):
+    base = {"gate": torch.zeros(1), "w": torch.zeros(32)}
+    ft = [{"gate": torch.tensor([0.4]), "w": torch.linspace(-1, 1, 32)},
+          {"gate": torch.tensor([0.2]), "w": torch.linspace(1, -1, 32)}]
+    init = build_merge(MergeConfig(method, lam=1.0, drop_rate=0.9, density=0.1), base, ft)
+    gate = init.merged(base)["gate"]
+    expected = 1.0 * (0.4 + 0.2) if method == "dare" else (0.4 + 0.2) / 2
+    assert torch.allclose(gate, torch.tensor([expected]))

@@ -46,3 +46,31 @@ def test_history_masking_changes_protocol_and_scores():
     assert masked.protocol["mask_history"] is True and plain.protocol["mask_history"] is False
     # unmasked, the last history item itself ranks first; masking removes it
     assert masked.metrics["recall@10"] != plain.metrics["recall@10"]
+
+
+def test_history_terms():
+    from common.model.recommender import history_multi_hot, position_histories
+
+    seqs = torch.tensor([[3, 1, 0], [2, 0, 0]])
+    lengths = torch.tensor([3, 1])
+    hot = history_multi_hot(seqs, lengths, 5)
+    assert hot.tolist() == [[1, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
+    mask = torch.arange(3)[None] < lengths[:, None]
+    pos = position_histories(seqs, mask, 5)
+    # real positions: (0,0) {3}, (0,1) {3,1}, (0,2) {3,1,0}, (1,0) {2}
+    assert pos.tolist() == [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [1, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
+
+
+def test_history_weight_shifts_scores_of_history_items():
+    torch.manual_seed(0)
+    feats = F.normalize(torch.randn(20, 16), dim=-1)
+    model = build_base_model(ModelConfig(text_dim=16, hidden=8, max_len=8), seed=1).eval()
+    seqs, lengths = pad_sequences([[3, 4]], 8)
+    with torch.no_grad():
+        items = model.encode_items(feats)
+        before = model.score_sequences(items, seqs, lengths)
+        model.history_weight.fill_(-0.5)
+        after = model.score_sequences(items, seqs, lengths)
+    delta = after - before
+    assert torch.allclose(delta[0, [3, 4]], torch.tensor([-0.5, -0.5]))
+    assert torch.count_nonzero(delta) == 2

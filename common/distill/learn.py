@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch.func import functional_call
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..merging.learned import Granularity, LearnedMerge
 from ..merging.methods import MergeInit, StateDict
-from ..model.recommender import TextSeqRec, pad_sequences
+from ..model.recommender import TextSeqRec, history_multi_hot, pad_sequences
 from .losses import LossConfig, merge_loss
 from .teacher import TeacherSignal
 
@@ -20,8 +21,10 @@ from .teacher import TeacherSignal
 class DistillConfig:
     """Optimisation of the merging weights.
 
-    ``item_refresh_every = 0`` freezes the student's item table at the initial merge (the
-    paper); ``N > 0`` re-encodes it with the current weights every N steps.
+    ``item_table``: ``frozen`` encodes the student's item table once with the initial merge
+    (the paper); ``refresh`` re-encodes it without gradient every ``item_refresh_every``
+    steps; ``differentiable`` encodes it with the current weights at every step, with
+    gradient (no train/test mismatch; affordable because the item tower is small).
     ``student_dropout`` runs the student in train mode (the official code does; off here so
     that student, teacher and item table see the same dropout-free model).
     """
@@ -31,7 +34,8 @@ class DistillConfig:
     batch_size: int = 16
     lr: float = 1e-3
     loss: LossConfig = field(default_factory=LossConfig)
-    item_refresh_every: int = 0
+    item_table: Literal["frozen", "refresh", "differentiable"] = "frozen"
+    item_refresh_every: int = 50
     student_dropout: bool = False
     seed: int = 0
     progress: bool = True
@@ -85,7 +89,9 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
                disable=not cfg.progress, leave=False)
     for step in bar:
         params = merge.merged_state()
-        if step == 0 or (cfg.item_refresh_every and step % cfg.item_refresh_every == 0):
+        if cfg.item_table == "differentiable":
+            tables = [functional_call(model, params, (f,)) for f in feats]
+        elif step == 0 or (cfg.item_table == "refresh" and step % cfg.item_refresh_every == 0):
             detached = {k: v.detach() for k, v in params.items()}
             tables = [_encode_table(model, detached, f) for f in feats]
         picks = torch.randint(total_users, (cfg.batch_size,), generator=gen)
@@ -101,18 +107,20 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
             remap = {i: j for j, i in enumerate(uniq)}
             padded, lengths = pad_sequences([[remap[i] for i in s] for s in seqs], model.cfg.max_len)
             users = functional_call(model, params, (feats[k][uniq], padded, lengths))
-            z = model.score(users, tables[k])
+            original, _ = pad_sequences(seqs, model.cfg.max_len)
+            in_history = history_multi_hot(original, lengths, len(feats[k]))
+            z = model.score(users, tables[k]) + params["history_weight"] * in_history
             teacher = d.teacher.rows(rows) if d.teacher is not None else None
             terms = merge_loss(z, teacher, cfg.loss)
             share = len(rows) / cfg.batch_size
             loss = loss + share * terms["total"]
             for name, v in terms.items():
-                logs[name] = logs.get(name, 0.0) + share * float(v)
+                logs[name] = logs.get(name, 0.0) + share * v.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append({"step": step, **logs})
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
     final = {k: v.detach().clone() for k, v in merge.merged_state().items()}
     return LearnResult(merge.weight_table(), final, history, time.perf_counter() - start)

@@ -57,7 +57,7 @@ def teacher_scores(model: TextSeqRec, features: torch.Tensor, seqs: list[list[in
         rows, idx_rows = [], []
         for start in range(0, len(seqs), batch_size):
             padded, lengths = pad_sequences(seqs[start:start + batch_size], model.cfg.max_len)
-            s = model.score(model.encode_sequences(item_emb, padded, lengths), item_emb)
+            s = model.score_sequences(item_emb, padded, lengths)
             if topk is not None:
                 top = torch.topk(s, min(topk, s.shape[1]), dim=1)
                 rows.append(top.values)

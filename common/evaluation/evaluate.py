@@ -84,7 +84,7 @@ def evaluate_model(model: TextSeqRec, domain: Domain, text_features: torch.Tenso
 
     def score(hist: list[list[int]]) -> torch.Tensor:
         seqs, lengths = pad_sequences(hist, model.cfg.max_len)
-        return model.score(model.encode_sequences(item_emb, seqs, lengths), item_emb)
+        return model.score_sequences(item_emb, seqs, lengths)
 
     try:
         return evaluate_scores(score, domain, cfg, {"max_len": model.cfg.max_len})

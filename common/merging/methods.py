@@ -9,6 +9,11 @@ This single form is what learned merging optimises (``w`` per domain, or per dom
 layer group). Masks that select "the top fraction" of entries (TIES, PCB, Localize-and-Stitch)
 are computed per tensor (``scope="tensor"``, mergekit's convention) or over the whole
 flattened model (``scope="model"``, the official MergeRec code's convention).
+
+Tensors with fewer than ``SMALL_TENSOR`` entries (residual gates, scalars) are never sparsified:
+dropping or trimming a gate switches a whole branch off, and quantiles of one entry are
+meaningless. DARE keeps them, TIES gives them the sign-elected disjoint mean without trimming,
+PCB and Localize-and-Stitch their plain mean.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Callable, Literal
 import torch
 
 StateDict = dict[str, torch.Tensor]
+SMALL_TENSOR = 16
 
 
 @dataclass
@@ -71,6 +77,17 @@ def task_vectors(base: StateDict, finetuned: list[StateDict]) -> list[StateDict]
             tv[name] = sd[name].float() - theta.float()
         out.append(tv)
     return out
+
+
+def _split_small(tvs: list[StateDict]) -> tuple[list[StateDict], list[StateDict]]:
+    """(large tensors, small tensors) of every task vector."""
+    small = {n for n, t in tvs[0].items() if t.numel() < SMALL_TENSOR}
+    return ([{n: t for n, t in tv.items() if n not in small} for tv in tvs],
+            [{n: t for n, t in tv.items() if n in small} for tv in tvs])
+
+
+def _mean_vectors(tvs: list[StateDict]) -> list[StateDict]:
+    return [{n: t / len(tvs) for n, t in tv.items()} for tv in tvs]
 
 
 def _map_scope(tv: StateDict, scope: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> StateDict:
@@ -191,18 +208,25 @@ def build_merge(cfg: MergeConfig, base: StateDict, finetuned: list[StateDict]) -
     if cfg.method == "average":
         return MergeInit("average", tvs, [1.0 / n] * n, {"lambda": 1.0 / n})
     if cfg.method == "task_arithmetic":
-        vectors = tvs
-    elif cfg.method == "ties":
-        vectors = _ties_vectors(tvs, cfg.density, cfg.scope)
-        info.update(density=cfg.density, scope=cfg.scope)
+        return MergeInit(cfg.method, tvs, [float(lam)] * n, info)  # type: ignore[arg-type]
+    large, small = _split_small(tvs)
+    if cfg.method == "ties":
+        vectors = _ties_vectors(large, cfg.density, cfg.scope)
+        small_vectors = _ties_vectors(small, 1.0, "tensor")
     elif cfg.method == "dare":
-        dropped = _dare_drop(tvs, cfg.drop_rate, cfg.rescale, cfg.seed)
-        vectors = _ties_vectors(dropped, cfg.density, cfg.scope) if cfg.dare_base == "ties" else dropped
+        dropped = _dare_drop(large, cfg.drop_rate, cfg.rescale, cfg.seed)
+        if cfg.dare_base == "ties":
+            vectors = _ties_vectors(dropped, cfg.density, cfg.scope)
+            small_vectors = _ties_vectors(small, 1.0, "tensor")
+        else:
+            vectors, small_vectors = dropped, small
         info.update(drop_rate=cfg.drop_rate, rescale=cfg.rescale, base=cfg.dare_base)
     elif cfg.method == "pcb":
-        vectors = _pcb_vectors(tvs, cfg.density, cfg.scope)
-        info.update(density=cfg.density, scope=cfg.scope)
+        vectors, small_vectors = _pcb_vectors(large, cfg.density, cfg.scope), _mean_vectors(small)
     else:
-        vectors = _localize_stitch_vectors(tvs, cfg.density, cfg.scope)
+        vectors = _localize_stitch_vectors(large, cfg.density, cfg.scope)
+        small_vectors = _mean_vectors(small)
+    if cfg.method != "dare" or cfg.dare_base == "ties":
         info.update(density=cfg.density, scope=cfg.scope)
-    return MergeInit(cfg.method, vectors, [float(lam)] * n, info)  # type: ignore[arg-type]
+    merged = [{**v, **s} for v, s in zip(vectors, small_vectors)]
+    return MergeInit(cfg.method, merged, [float(lam)] * n, info)  # type: ignore[arg-type]

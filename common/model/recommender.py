@@ -3,9 +3,12 @@
 * Item tower: ``e_i = normalize(x_i + Adapter(x_i))`` over the frozen text vector ``x_i``.
 * Sequence tower: a causal transformer over the last ``max_len`` item vectors of a history;
   the user vector at position ``t`` is ``normalize(e_{s_t} + Head(h_t))``.
-* Score: cosine(user, item) / temperature against every item of the domain.
+* Score: cosine(user, item) + β·[item in the history], divided by the temperature, against
+  every item of the domain. The learnable scalar β lets a model demote items the user just
+  interacted with (no repeats in most shops) or promote them (repeat purchases in groceries).
 
-The adapter's and the head's output projections start at zero, so the untrained base model
+Every residual branch is scaled by a learnable gate that starts at zero (ReZero), and β starts
+at zero, so the untrained base model
 θ₀ ranks items exactly by text similarity to the last history item: a meaningful zero-shot
 recommender. Because nothing is item-id specific, one set of weights serves any domain
 (including unseen ones) given that domain's text vectors.
@@ -35,21 +38,26 @@ class ModelConfig:
 
 
 class ItemTower(nn.Module):
-    """Residual adapter over frozen text vectors (zero-initialised output)."""
+    """Residual adapter over frozen text vectors, gated by a zero-initialised scalar.
+
+    A gate (rather than a zero-initialised output matrix) keeps the first optimiser steps
+    small: Adam moves every entry of a zero matrix by about ``lr`` at once, which perturbs
+    the text-similarity prior far more than moving one scalar does.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.inp = nn.Linear(cfg.text_dim, cfg.item_hidden)
         self.out = nn.Linear(cfg.item_hidden, cfg.text_dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return text + self.out(F.gelu(self.inp(text)))
+        return text + self.gate * self.out(F.gelu(self.inp(text)))
 
 
 class SequenceTower(nn.Module):
-    """Causal pre-LN transformer over item vectors with a zero-initialised residual head."""
+    """Causal pre-LN transformer over item vectors; its head and a linear skip map of the
+    item vector are residual branches with zero-initialised gates."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -63,8 +71,8 @@ class SequenceTower(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.text_dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.skip = nn.Linear(cfg.text_dim, cfg.text_dim, bias=False)
+        self.gate = nn.Parameter(torch.zeros(2))
         self.max_len = cfg.max_len
 
     def forward(self, seq_emb: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -75,7 +83,7 @@ class SequenceTower(nn.Module):
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=h.device), 1)
         for block in self.blocks:
             h = block(h, src_mask=causal)
-        return seq_emb + self.out(self.norm(h))
+        return seq_emb + self.gate[0] * self.skip(seq_emb) + self.gate[1] * self.out(self.norm(h))
 
 
 class TextSeqRec(nn.Module):
@@ -89,6 +97,7 @@ class TextSeqRec(nn.Module):
         self.cfg = cfg
         self.item_tower = ItemTower(cfg)
         self.seq_tower = SequenceTower(cfg)
+        self.history_weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, item_text: torch.Tensor, seqs: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,9 +127,22 @@ class TextSeqRec(nn.Module):
         states = self.sequence_states(item_emb, seqs, lengths)
         return states[torch.arange(len(seqs)), lengths - 1]
 
-    def score(self, users: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity [B, N] (divide by ``cfg.temperature`` for logits)."""
-        return F.normalize(users, dim=-1) @ F.normalize(item_emb, dim=-1).T
+    def score(self, users: torch.Tensor, item_emb: torch.Tensor,
+              history: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine similarity [B, N] plus β times the multi-hot ``history`` [B, N].
+
+        Divide by ``cfg.temperature`` for logits.
+        """
+        cos = F.normalize(users, dim=-1) @ F.normalize(item_emb, dim=-1).T
+        if history is None:
+            return cos
+        return cos + self.history_weight * history
+
+    def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
+                        lengths: torch.Tensor) -> torch.Tensor:
+        """Scores [B, N] of padded histories against all items (towers + history term)."""
+        users = self.encode_sequences(item_emb, seqs, lengths)
+        return self.score(users, item_emb, history_multi_hot(seqs, lengths, len(item_emb)))
 
     def layer_groups(self) -> dict[str, str]:
         """Parameter name -> layer group, used by layer-wise merging."""
@@ -128,8 +150,10 @@ class TextSeqRec(nn.Module):
         for name, _ in self.named_parameters():
             if name.startswith("seq_tower.blocks."):
                 groups[name] = "seq_tower.block" + name.split(".")[2]
-            elif name.startswith("seq_tower.out") or name.startswith("seq_tower.norm"):
+            elif name.startswith(("seq_tower.out", "seq_tower.norm", "seq_tower.gate")):
                 groups[name] = "seq_tower.head"
+            elif name.startswith("seq_tower.skip"):
+                groups[name] = "seq_tower.skip"
             elif name.startswith("seq_tower."):
                 groups[name] = "seq_tower.input"
             else:
@@ -158,6 +182,27 @@ def pad_sequences(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, to
     for r, s in enumerate(cut):
         out[r, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out, lengths
+
+
+def history_multi_hot(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int) -> torch.Tensor:
+    """[B, N] with 1 at every item of each (padded) history."""
+    out = torch.zeros(len(seqs), num_items)
+    real = torch.arange(seqs.shape[1])[None] < lengths[:, None]
+    rows = torch.arange(len(seqs))[:, None].expand_as(seqs)
+    out[rows[real], seqs[real]] = 1.0
+    return out
+
+
+def position_histories(seqs: torch.Tensor, mask: torch.Tensor, num_items: int) -> torch.Tensor:
+    """[P, N] multi-hot of the prefix ``seqs[b, :t+1]`` for every real position (b, t)."""
+    b, length = seqs.shape
+    row_of = torch.full((b, length), -1, dtype=torch.long)
+    row_of[mask] = torch.arange(int(mask.sum()))
+    tri = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    bi, ti, si = (mask[:, :, None] & tri[None]).nonzero(as_tuple=True)
+    out = torch.zeros(int(mask.sum()), num_items)
+    out[row_of[bi, ti], seqs[bi, si]] = 1.0
+    return out
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:

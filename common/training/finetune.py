@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
-from ..model.recommender import TextSeqRec
+from ..model.recommender import TextSeqRec, position_histories
 from ..runtime import use_bf16
 from ..text.cache import atomic_save_safetensors
 from .batching import bucketed_batches, training_sequences
@@ -50,8 +50,8 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch, temperature
                    ) -> torch.Tensor:
     """Full-softmax cross-entropy at every real position of the batch."""
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths)
-    users = F.normalize(states[batch.mask], dim=-1)
-    logits = users @ F.normalize(item_emb, dim=-1).T / temperature
+    history = position_histories(batch.seqs, batch.mask, len(item_emb))
+    logits = model.score(states[batch.mask], item_emb, history) / temperature
     return F.cross_entropy(logits.float(), batch.targets[batch.mask])
 
 
