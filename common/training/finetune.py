@@ -25,7 +25,7 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
     patience: int = 3
