@@ -1,7 +1,7 @@
 """In-process reference pipeline: θ₀ → fine-tune per domain → training-free merges →
 learned merges with pseudo-user distillation → full-ranking evaluation on every domain.
 
-The Flower apps call the same building blocks (``fine_tune_domain``, ``build_pseudo_data``,
+The Flower apps call the same building blocks (``fine_tune_cached``, ``build_pseudo_data``,
 ``run_learned_merge``, ``evaluate_state``); for the same seed they must reproduce these numbers.
 """
 
@@ -90,7 +90,7 @@ class PipelineConfig:
     encoder: str = "hashing-256"
     center_features: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, patience=10))
     eval: EvalConfig = field(default_factory=EvalConfig)
     merges: list[MergeConfig] = field(default_factory=default_merges)
     learned: list[LearnedMergeSpec] = field(default_factory=default_learned)

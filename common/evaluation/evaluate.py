@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -99,7 +99,3 @@ def evaluate_popularity(domain: Domain, cfg: EvalConfig | None = None) -> EvalRe
     return evaluate_scores(lambda h: pop.expand(len(h), -1).clone(), domain, cfg,
                            {"model": "popularity"})
 
-
-def protocol_of(cfg: EvalConfig) -> dict[str, object]:
-    """The config part of the protocol stamp."""
-    return asdict(cfg)
