@@ -169,8 +169,6 @@ def build_pseudo_data(spec: LearnedMergeSpec, model_cfg: ModelConfig, domains: l
                       features: list[torch.Tensor], teachers: list[StateDict] | None
                       ) -> list[DomainPseudoData]:
     """Pseudo-users per domain and (if the loss needs it) the teacher's answers to them."""
-    needs_teacher = any((spec.distill.loss.rec_weight, spec.distill.loss.kd_weight,
-                         spec.distill.loss.mse_weight))
     out = []
     for k, (domain, feats) in enumerate(zip(domains, features)):
         teacher_model = model_from_state(model_cfg, teachers[k]) if teachers else None
@@ -179,7 +177,7 @@ def build_pseudo_data(spec: LearnedMergeSpec, model_cfg: ModelConfig, domains: l
             scorer = lambda seqs, m=teacher_model, f=feats: teacher_scores(m, f, seqs).scores  # noqa: E731
         seqs = build_pseudo_users(feats, spec.pseudo_users, scorer)
         signal = None
-        if needs_teacher:
+        if spec.distill.loss.needs_teacher:
             if teacher_model is None:
                 raise ValueError(f"{spec.name}: the loss needs teacher models")
             signal = teacher_scores(teacher_model, feats, seqs, spec.teacher_topk)
@@ -256,9 +254,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
         results[label] = stages.run(f"eval {label}", eval_all, merged)
 
     learned_weights = {}
+    pseudo_cache: dict[str, list[DomainPseudoData]] = {}
     for spec in cfg.learned:
-        pseudo = stages.run(f"pseudo-users + teacher ({spec.name})", build_pseudo_data, spec,
-                            model_cfg, domains, feats, finetuned)
+        key = json.dumps([to_dict(spec.pseudo_users), spec.teacher_topk,
+                          spec.distill.loss.needs_teacher])
+        if key not in pseudo_cache:  # variants with the same pseudo-users share the answers
+            pseudo_cache[key] = stages.run(f"pseudo-users + teacher ({spec.name})", build_pseudo_data,
+                                           spec, model_cfg, domains, feats, finetuned)
+        pseudo = pseudo_cache[key]
         learned = stages.run(f"learn ({spec.name})", run_learned_merge, spec, base, finetuned,
                              model_cfg, pseudo)
         learned_weights[spec.name] = learned.weights

@@ -30,6 +30,11 @@ class LossConfig:
     temperature: float = 0.05
     rec_temperature: float = 0.05
 
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any active term uses teacher signals."""
+        return bool(self.rec_weight or self.kd_weight or self.mse_weight)
+
 
 def rec_loss(z: torch.Tensor, teacher: TeacherSignal, temperature: float) -> torch.Tensor:
     """Cross-entropy on the teacher's top item (pseudo label)."""
@@ -66,8 +71,7 @@ def merge_loss(z: torch.Tensor, teacher: TeacherSignal | None, cfg: LossConfig
                ) -> dict[str, torch.Tensor]:
     """Every active term and their weighted sum under key ``total``."""
     terms: dict[str, torch.Tensor] = {}
-    needs_teacher = cfg.rec_weight or cfg.kd_weight or cfg.mse_weight
-    if needs_teacher and teacher is None:
+    if cfg.needs_teacher and teacher is None:
         raise ValueError("rec/kd/mse loss terms need a teacher signal")
     if cfg.rec_weight:
         terms["rec"] = rec_loss(z, teacher, cfg.rec_temperature)  # type: ignore[arg-type]
