@@ -11,7 +11,7 @@ import hashlib
 import json
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -131,7 +131,8 @@ def model_from_state(cfg: ModelConfig, state: StateDict) -> TextSeqRec:
 def training_key(base: StateDict, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  domains: list[Domain]) -> str:
     """Identifies a fine-tuning run: θ₀ hash, configs and the training data's catalogue."""
-    payload = json.dumps([state_hash(base), to_dict(model_cfg), to_dict(train_cfg),
+    train = {k: v for k, v in to_dict(train_cfg).items() if k != "progress"}  # display only
+    payload = json.dumps([state_hash(base), to_dict(model_cfg), train,
                           [(d.name, d.catalogue_hash(), d.num_users) for d in domains]],
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -215,9 +216,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
     names = [d.name for d in domains]
     feats = stages.run("encode item text", domain_features, domains, cfg.encoder, cfg.data.cache_dir,
                        cfg.center_features)
-    model_cfg = ModelConfig(**{**to_dict(cfg.model), "text_dim": int(feats[0].shape[1])})
+    model_cfg = replace(cfg.model, text_dim=int(feats[0].shape[1]))
     base = build_base_model(model_cfg, cfg.seed).state_dict()
-    train_cfg = TrainConfig(**{**to_dict(cfg.train), "seed": cfg.seed})
+    train_cfg = replace(cfg.train, seed=cfg.seed)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
     results: dict[str, dict[str, dict[str, float]]] = {}
     info: dict[str, object] = {}
@@ -307,12 +308,16 @@ def markdown_table(report: dict[str, object], metrics: tuple[str, ...] = ("recal
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, object], out_dir: Path) -> None:
-    """``report.json`` and ``report.md`` written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("report.json", json.dumps(report, indent=2, default=str)),
-                       ("report.md", markdown_table(report) + "\n")):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / name)
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(report: dict[str, object], out_dir: Path, markdown: str | None = None) -> None:
+    """``report.json`` and ``report.md`` (default: the results table), written atomically."""
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out_dir / "report.md", (markdown or markdown_table(report)) + "\n")
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import sys
 from pathlib import Path
 
 from common.config import load_yaml
-from common.pipeline import PipelineConfig, markdown_table, run_pipeline
+from common.pipeline import (PipelineConfig, atomic_write_text, markdown_table, run_pipeline,
+                             write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_FREE = ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch")
@@ -73,16 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         f"## Stages (total {report['total_seconds'] / 60:.1f} min, peak RSS {report['peak_rss_mb']:.0f} MB)",
         "\n".join(stage_lines),
     ])
-    (out / "report.md").write_text(text + "\n", encoding="utf-8")
     report["targets"] = [{"target": n, "met": ok, "measured": m} for n, ok, m in checks]
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    with (out / "results.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["method", "domain", "metric", "value"])
-        for method, row in report["results"].items():
-            for dom, metrics in row.items():
-                for k, v in metrics.items():
-                    writer.writerow([method, dom, k, f"{v:.6f}"])
+    write_report(report, out, text)
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["method", "domain", "metric", "value"])
+    for method, row in report["results"].items():
+        for dom, metrics in row.items():
+            for k, v in metrics.items():
+                writer.writerow([method, dom, k, f"{v:.6f}"])
+    atomic_write_text(out / "results.csv", rows.getvalue())
     print(text)
     return 0
 

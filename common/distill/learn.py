@@ -107,9 +107,8 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
             remap = {i: j for j, i in enumerate(uniq)}
             padded, lengths = pad_sequences([[remap[i] for i in s] for s in seqs], model.cfg.max_len)
             users = functional_call(model, params, (feats[k][uniq], padded, lengths))
-            original, _ = pad_sequences(seqs, model.cfg.max_len)
-            in_history = history_multi_hot(original, lengths, len(feats[k]))
-            z = model.score(users, tables[k]) + params["history_weight"] * in_history
+            in_history = history_multi_hot(torch.tensor(uniq)[padded], lengths, len(feats[k]))
+            z = model.score(users, tables[k], in_history, params["history_weight"])
             teacher = d.teacher.rows(rows) if d.teacher is not None else None
             terms = merge_loss(z, teacher, cfg.loss)
             share = len(rows) / cfg.batch_size

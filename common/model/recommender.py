@@ -128,15 +128,18 @@ class TextSeqRec(nn.Module):
         return states[torch.arange(len(seqs)), lengths - 1]
 
     def score(self, users: torch.Tensor, item_emb: torch.Tensor,
-              history: torch.Tensor | None = None) -> torch.Tensor:
+              history: torch.Tensor | None = None,
+              history_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine similarity [B, N] plus β times the multi-hot ``history`` [B, N].
 
-        Divide by ``cfg.temperature`` for logits.
+        ``history_weight`` overrides β (merged weights during merge learning). Divide by
+        ``cfg.temperature`` for logits.
         """
         cos = F.normalize(users, dim=-1) @ F.normalize(item_emb, dim=-1).T
         if history is None:
             return cos
-        return cos + self.history_weight * history
+        beta = self.history_weight if history_weight is None else history_weight
+        return cos + beta * history
 
     def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
                         lengths: torch.Tensor) -> torch.Tensor:
