@@ -7,7 +7,8 @@ import sys
 
 from .config import ConfigError, load_yaml
 from .data import DataError
-from .pipeline import PipelineConfig, markdown_table, run_pipeline
+from .pipeline import PipelineConfig, run_pipeline
+from .report import markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:

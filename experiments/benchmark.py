@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from common.config import load_yaml
-from common.pipeline import (PipelineConfig, atomic_write_text, markdown_table, run_pipeline,
-                             write_report)
+from common.pipeline import PipelineConfig, run_pipeline
+from common.report import atomic_write_text, markdown_table, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_FREE = ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch")

@@ -58,7 +58,7 @@ def test_report_files_and_contents(report):
     saved = json.loads((out / "report.json").read_text())
     assert saved["results"].keys() == rep["results"].keys()
     assert "| method |" in (out / "report.md").read_text()
-    assert len(list((out / "checkpoints").glob("beauty-*.safetensors"))) == 1
+    assert len(list((out / "silos" / "beauty" / "checkpoints").glob("beauty-*.safetensors"))) == 1
     assert (out / "merged" / "mergerec_task-wise.safetensors").is_file()
     assert saved["protocol"]["ranking"] == "full catalogue" and saved["protocol"]["mask_history"] is False
     for method in ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch",

@@ -66,11 +66,7 @@ class Domain:
 
     def catalogue_hash(self) -> str:
         """Stable hash of the item texts (used to key feature caches)."""
-        h = hashlib.sha256()
-        for t in self.item_texts:
-            h.update(t.encode("utf-8"))
-            h.update(b"\x00")
-        return h.hexdigest()[:16]
+        return texts_hash(self.item_texts)
 
     def stats(self) -> dict[str, float]:
         n_inter = sum(len(s) for s in self.train) + sum(v is not None for v in self.val)
@@ -81,3 +77,12 @@ class Domain:
             "interactions": n_inter,
             "mean_train_len": sum(len(s) for s in self.train) / max(1, self.num_users),
         }
+
+
+def texts_hash(texts: list[str]) -> str:
+    """Stable 16-hex-digit hash of a list of texts."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]

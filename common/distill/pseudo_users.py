@@ -74,9 +74,10 @@ def select_items(features: torch.Tensor, cfg: PseudoUserConfig) -> list[int]:
     raise ValueError(f"unknown pseudo-user sampling '{cfg.sample}'")
 
 
-def extend_walks(seqs: list[list[int]], score: ScoreFn) -> list[list[int]]:
-    """Append to each sequence its top-scored item that is not already in it."""
-    scores = score(seqs).float().clone()
+def extend_walks(seqs: list[list[int]], scores: torch.Tensor) -> list[list[int]]:
+    """Append to each sequence its top-scored item (``scores``: a teacher's full rows
+    ``[len(seqs), num_items]``) that is not already in it."""
+    scores = scores.float().clone()
     out = []
     for r, s in enumerate(seqs):
         scores[r, torch.tensor(s, dtype=torch.long)] = float("-inf")
@@ -95,5 +96,5 @@ def build_pseudo_users(features: torch.Tensor, cfg: PseudoUserConfig,
     if score is None:
         raise ValueError("walk pseudo-users need a scorer (the silo's teacher)")
     for _ in range(cfg.walk_length - 1):
-        seqs = extend_walks(seqs, score)
+        seqs = extend_walks(seqs, score(seqs))
     return seqs

@@ -1,5 +1,7 @@
 """Text-based sequential recommender."""
 
-from .recommender import ModelConfig, TextSeqRec, build_base_model, pad_sequences, state_hash
+from .recommender import (ModelConfig, TextSeqRec, build_base_model, model_from_state, pad_sequences,
+                          state_hash)
 
-__all__ = ["ModelConfig", "TextSeqRec", "build_base_model", "pad_sequences", "state_hash"]
+__all__ = ["ModelConfig", "TextSeqRec", "build_base_model", "model_from_state", "pad_sequences",
+           "state_hash"]

@@ -218,3 +218,10 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> TextSeqRec:
+    """A model in eval mode with the given weights (architecture from ``cfg``)."""
+    model = TextSeqRec(cfg)
+    model.load_state_dict(state)
+    return model.eval()

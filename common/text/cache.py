@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.domain import Domain
+from ..data.domain import Domain, texts_hash
 from .encoders import TextEncoder
 
 
@@ -23,16 +23,23 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
 
 def item_features(domain: Domain, encoder: TextEncoder, cache_dir: str | Path | None) -> torch.Tensor:
     """Text vectors ``[num_items, dim]`` for ``domain``, computed once and cached."""
+    return catalogue_features(domain.item_texts, encoder, cache_dir, domain.name)
+
+
+def catalogue_features(texts: list[str], encoder: TextEncoder, cache_dir: str | Path | None,
+                       label: str = "") -> torch.Tensor:
+    """Text vectors ``[len(texts), dim]`` of an item catalogue, cached by encoder id and a
+    hash of the texts (so a coordinator that received the texts gets the silo's vectors)."""
     if cache_dir is None:
-        return encoder.encode(domain.item_texts)
-    path = Path(cache_dir) / f"{encoder.encoder_id}-{domain.catalogue_hash()}.safetensors"
+        return encoder.encode(texts)
+    path = Path(cache_dir) / f"{encoder.encoder_id}-{texts_hash(texts)}.safetensors"
     if path.is_file():
         feats = load_file(str(path))["features"]
-        if feats.shape == (domain.num_items, encoder.dim):
+        if feats.shape == (len(texts), encoder.dim):
             return feats
-    feats = encoder.encode(domain.item_texts)
+    feats = encoder.encode(texts)
     atomic_save_safetensors({"features": feats}, path,
-                            metadata={"encoder": encoder.encoder_id, "domain": domain.name})
+                            metadata={"encoder": encoder.encoder_id, "domain": label})
     return feats
 
 

@@ -1,0 +1,138 @@
+"""Run configuration shared by the in-process pipeline and the Flower apps (loadable from YAML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .data import Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains
+from .distill import DistillConfig, LossConfig, PseudoUserConfig
+from .evaluation import EvalConfig
+from .merging import MergeConfig
+from .model import ModelConfig
+from .training import TrainConfig
+
+
+@dataclass
+class DomainSource:
+    """Where one domain comes from."""
+
+    name: str
+    format: Literal["mergerec_json", "recbole"] = "mergerec_json"
+    path: str = ""
+
+
+@dataclass
+class DataConfig:
+    """The domains of a run: real sources, or the synthetic generator when ``sources`` is empty."""
+
+    sources: list[DomainSource] = field(default_factory=list)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    cache_dir: str = ".cache"
+
+    def domain_names(self) -> list[str]:
+        """Names of the configured domains, in order (partition ``i`` in simulation)."""
+        if self.sources:
+            return [s.name for s in self.sources]
+        return list(self.synthetic.domains)
+
+
+@dataclass
+class LearnedMergeSpec:
+    """One learned-merge variant: its initialisation, pseudo-users, teacher and optimiser."""
+
+    name: str
+    init: MergeConfig = field(default_factory=MergeConfig)
+    pseudo_users: PseudoUserConfig = field(default_factory=PseudoUserConfig)
+    teacher_topk: int | None = None
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def default_learned() -> list[LearnedMergeSpec]:
+    """Entropy-only (AdaMerging) and the full method, task-wise and layer-wise."""
+    return [
+        LearnedMergeSpec("adamerging (entropy)", distill=DistillConfig(
+            loss=LossConfig(rec_weight=0.0, kd_weight=0.0, entropy_weight=1.0))),
+        LearnedMergeSpec("mergerec task-wise", distill=DistillConfig(granularity="task")),
+        LearnedMergeSpec("mergerec layer-wise", distill=DistillConfig(granularity="layer")),
+    ]
+
+
+def default_merges() -> list[MergeConfig]:
+    """The training-free baselines, each with its customary hyper-parameters."""
+    return [
+        MergeConfig("average"),
+        MergeConfig("task_arithmetic", lam=0.3),
+        MergeConfig("ties", lam=1.0, density=0.2),
+        MergeConfig("dare", lam=0.3, drop_rate=0.9),
+        MergeConfig("pcb", lam=1.0, density=0.2),
+        MergeConfig("localize_stitch", density=0.2),
+    ]
+
+
+@dataclass
+class FederationConfig:
+    """How the coordinator talks to the silos.
+
+    ``catalogue``: what a silo sends about its items after training, the item ``text`` (the
+    coordinator encodes it with the same frozen encoder) or only the frozen item ``vectors``.
+    ``min_silos``: training silos that must deliver a valid update (default: all of them).
+    ``eval_only`` and ``query_budget`` are silo-side settings; in deployment each silo takes
+    them from its own node config, in simulation (no node config) from here.
+    """
+
+    catalogue: Literal["text", "vectors"] = "text"
+    min_silos: int | None = None
+    eval_only: list[str] = field(default_factory=list)
+    query_budget: int | None = None
+    max_query_rows: int = 20000
+    wait_for_silos_s: float = 120.0
+    train_timeout_s: float = 7200.0
+    query_timeout_s: float = 900.0
+    eval_timeout_s: float = 3600.0
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs: data, model, fine-tuning, merges, learned merges, federation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: str = "hashing-256"
+    center_features: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, patience=10))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    merges: list[MergeConfig] = field(default_factory=default_merges)
+    learned: list[LearnedMergeSpec] = field(default_factory=default_learned)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    joint: bool = True
+    seed: int = 0
+    output_dir: str | None = None
+
+
+def load_domain(cfg: DataConfig, name: str) -> Domain:
+    """Load one configured domain by name (a synthetic one is generated with its siblings)."""
+    if not cfg.sources:
+        for d in make_synthetic_domains(cfg.synthetic):
+            if d.name == name:
+                return d
+        raise KeyError(f"no synthetic domain '{name}' (have {cfg.domain_names()})")
+    for src in cfg.sources:
+        if src.name == name:
+            return load_source(src, cfg.cache_dir)
+    raise KeyError(f"no domain '{name}' in the data config (have {cfg.domain_names()})")
+
+
+def load_source(src: DomainSource, cache_dir: str | Path) -> Domain:
+    """Load a domain from its source (MergeRec JSON folder/.tar.gz or RecBole atomic files)."""
+    if src.format == "mergerec_json":
+        return load_mergerec_json(src.path, src.name, cache_dir=Path(cache_dir) / "data")
+    return load_recbole(src.path, src.name)
+
+
+def load_domains(cfg: DataConfig) -> list[Domain]:
+    """Load the configured domains (or generate the synthetic ones)."""
+    if not cfg.sources:
+        return make_synthetic_domains(cfg.synthetic)
+    return [load_source(src, cfg.cache_dir) for src in cfg.sources]

@@ -1,0 +1,17 @@
+"""Transport-neutral federation: silo handlers, coordinator flow, payload codec, checks, ledger.
+
+No Flower imports here; ``silos/`` and ``coordinator/`` wrap these in Flower apps.
+"""
+
+from .checks import check_update, check_vectors
+from .coordinator import Federation, FederationError, build_pseudo_data, run_coordinator
+from .ledger import Ledger
+from .local import LocalFederation
+from .protocol import (EVALUATE, INFO, MESSAGE_KINDS, QUERY, TRAIN, Failure, Payload, QueryRefused,
+                       RunSettings)
+from .silo import Silo, SiloConfig
+
+__all__ = ["EVALUATE", "INFO", "MESSAGE_KINDS", "QUERY", "TRAIN", "Failure", "Federation",
+           "FederationError", "Ledger", "LocalFederation", "Payload", "QueryRefused", "RunSettings",
+           "Silo", "SiloConfig", "build_pseudo_data", "check_update", "check_vectors",
+           "run_coordinator"]

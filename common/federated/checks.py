@@ -1,0 +1,47 @@
+"""Checks on everything a silo sends before the coordinator uses it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import state_hash
+
+StateDict = dict[str, torch.Tensor]
+
+
+def check_update(state: StateDict, base: StateDict, claimed_base_hash: str) -> list[str]:
+    """Problems of a fine-tuned state dict against θ₀ (empty list: the update is usable).
+
+    Same keys, shapes and dtypes as θ₀, finite values, and trained from this θ₀ (the silo
+    reports the hash of the θ₀ it received).
+    """
+    problems = []
+    if claimed_base_hash != state_hash(base):
+        problems.append(f"trained from θ₀ {claimed_base_hash[:12] or '<none>'}, "
+                        f"not from this run's θ₀ {state_hash(base)[:12]}")
+    missing, extra = sorted(set(base) - set(state)), sorted(set(state) - set(base))
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}")
+    if extra:
+        problems.append(f"unexpected tensors {extra[:5]}")
+    for name in sorted(set(base) & set(state)):
+        got, want = state[name], base[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            problems.append(f"{name}: {got.dtype} {tuple(got.shape)} instead of "
+                            f"{want.dtype} {tuple(want.shape)}")
+        elif got.is_floating_point() and not torch.isfinite(got).all():
+            problems.append(f"{name}: non-finite values")
+    return problems
+
+
+def check_vectors(vectors: torch.Tensor | None, dim: int) -> list[str]:
+    """Problems of a silo's frozen item vectors."""
+    if vectors is None:
+        return ["no item vectors"]
+    if vectors.dtype != torch.float32 or vectors.ndim != 2 or vectors.shape[1] != dim \
+            or len(vectors) == 0:
+        return [f"item vectors must be float32 [items, {dim}], got {vectors.dtype} "
+                f"{tuple(vectors.shape)}"]
+    if not torch.isfinite(vectors).all():
+        return ["item vectors contain non-finite values"]
+    return []
