@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
+from .config import ConfigError, load_yaml
 from .data import Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains
 from .distill import DistillConfig, LossConfig, PseudoUserConfig
 from .evaluation import EvalConfig
@@ -136,3 +137,43 @@ def load_domains(cfg: DataConfig) -> list[Domain]:
     if not cfg.sources:
         return make_synthetic_domains(cfg.synthetic)
     return [load_source(src, cfg.cache_dir) for src in cfg.sources]
+
+
+def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
+    """The run's :class:`PipelineConfig` from a Flower run config.
+
+    ``experiment`` names a YAML PipelineConfig (relative paths resolve against ``root``, data
+    source paths against ``data-dir``; empty: the embedded synthetic default); the flat keys ``seed``, ``output-dir``,
+    ``catalogue``, ``min-silos`` (0: all), ``eval-only`` (comma-separated), ``query-budget``
+    (0: unlimited), ``progress`` override it.
+    """
+    exp = str(values.get("experiment", "") or "")
+    cfg = load_yaml(PipelineConfig, _under(root, exp)) if exp else PipelineConfig()
+    data_root = Path(_under(root, str(values.get("data-dir", "") or "")))
+    for src in cfg.data.sources:
+        src.path = _under(data_root, src.path)
+    cfg.data.cache_dir = _under(root, cfg.data.cache_dir)
+    if "seed" in values:
+        cfg.seed = int(values["seed"])  # type: ignore[call-overload]
+    if values.get("output-dir"):
+        cfg.output_dir = _under(root, str(values["output-dir"]))
+    fed = cfg.federation
+    if values.get("catalogue"):
+        fed.catalogue = str(values["catalogue"])  # type: ignore[assignment]
+    if int(values.get("min-silos", 0) or 0) > 0:  # type: ignore[call-overload]
+        fed.min_silos = int(values["min-silos"])  # type: ignore[call-overload]
+    if values.get("eval-only"):
+        fed.eval_only = [s.strip() for s in str(values["eval-only"]).split(",") if s.strip()]
+    if int(values.get("query-budget", 0) or 0) > 0:  # type: ignore[call-overload]
+        fed.query_budget = int(values["query-budget"])  # type: ignore[call-overload]
+    if "progress" in values:  # progress bars (off in Flower logs by default)
+        cfg.train.progress = bool(values["progress"])
+        for spec in cfg.learned:
+            spec.distill.progress = bool(values["progress"])
+    if fed.catalogue not in ("text", "vectors"):
+        raise ConfigError(f"run config 'catalogue' must be 'text' or 'vectors', got {fed.catalogue!r}")
+    return cfg
+
+
+def _under(root: Path, path: str) -> str:
+    return str(path if Path(path).is_absolute() else root / path)

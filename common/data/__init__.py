@@ -1,6 +1,7 @@
 """Domain data: loaders, synthetic generator, validation."""
 
 from .domain import DataError, Domain, Split
+from .export import write_mergerec_json
 from .mergerec_json import load_mergerec_json
 from .recbole import load_recbole
 from .synthetic import SyntheticConfig, make_synthetic_domains
@@ -15,4 +16,5 @@ __all__ = [
     "load_recbole",
     "make_synthetic_domains",
     "validate_domain",
+    "write_mergerec_json",
 ]

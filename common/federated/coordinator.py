@@ -86,10 +86,10 @@ def safe_name(label: str) -> str:
 class _Session:
     """Message exchange with failure bookkeeping and the ledger."""
 
-    def __init__(self, fed: Federation, log: Callable[[str], None]) -> None:
+    def __init__(self, fed: Federation, log: Callable[[str], None], ledger: Ledger) -> None:
         self.fed = fed
         self.log = log
-        self.ledger = Ledger()
+        self.ledger = ledger
         self.failures: list[Failure] = []
 
     def fail(self, failure: Failure) -> None:
@@ -114,16 +114,19 @@ class _Session:
 
 def run_coordinator(cfg: PipelineConfig, fed: Federation,
                     extra_models: Callable[[StateDict, ModelConfig], dict[str, StateDict]] | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, object]:
+                    log: Callable[[str], None] = print, ledger: Ledger | None = None
+                    ) -> dict[str, object]:
     """Run MergeRec against ``fed``; returns the JSON-ready report (and writes it, with the
     merged models, learned weights and ledger, to ``cfg.output_dir`` when set).
 
-    ``extra_models`` adds non-federated baselines (the reference pipeline's joint training).
+    ``extra_models`` adds non-federated baselines (the reference pipeline's joint training);
+    ``ledger`` continues a ledger the transport started (e.g. with the silos' identification).
     """
     fcfg = cfg.federation
     stages = Stages()
-    session = _Session(fed, log)
-    roles = fed.roles()
+    session = _Session(fed, log, ledger if ledger is not None else Ledger())
+    order = {n: i for i, n in enumerate(cfg.data.domain_names())}  # configured order, then name
+    roles = dict(sorted(fed.roles().items(), key=lambda nr: (order.get(nr[0], len(order)), nr[0])))
     trainers = [n for n, r in roles.items() if r == "train"]
     need = fcfg.min_silos if fcfg.min_silos is not None else len(trainers)
 
@@ -151,7 +154,11 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
     for name in trainers:
         if name not in replies:
             continue
-        rep = decode_train_reply(replies[name])
+        try:
+            rep = decode_train_reply(replies[name])
+        except (KeyError, ValueError) as exc:
+            session.fail(Failure(name, "train", f"malformed update: {exc}"))
+            continue
         problems = check_update(rep.state, base, rep.base_hash)
         if fcfg.catalogue == "vectors":
             problems += check_vectors(rep.item_vectors, encoder.dim)

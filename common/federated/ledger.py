@@ -3,6 +3,7 @@ number of pseudo-user queries answered."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from .protocol import Payload
@@ -21,6 +22,8 @@ class Ledger:
             entry.update(
                 arrays={k: {"shape": list(v.shape), "dtype": str(v.dtype), "bytes": int(v.nbytes)}
                         for k, v in payload.arrays.items()},
+                packed_tensors={k[:-len("#layout")]: json.loads(str(v))
+                                for k, v in payload.config.items() if k.endswith("#layout")},
                 config_keys=sorted(payload.config), metric_keys=sorted(payload.metrics),
                 bytes=payload.nbytes(), queries=int(payload.metrics.get("rows", 0))
                 if kind.startswith("query.distill") else 0)

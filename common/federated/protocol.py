@@ -98,13 +98,37 @@ class EvalRequest:
     popularity: bool = True
 
 
-def _state_arrays(prefix: str, state: StateDict) -> dict[str, np.ndarray]:
-    return {f"{prefix}{k}": v.detach().cpu().contiguous().numpy() for k, v in state.items()}
+def _pack(key: str, state: StateDict) -> tuple[dict[str, np.ndarray], dict[str, ConfigValue]]:
+    """A float32 state dict as ONE flat array plus its layout (names and shapes).
+
+    One array per model instead of one per tensor: Flower moves every array as its own
+    object, and a model of ~30 tensors per message cost seconds of round trips each.
+    """
+    names = list(state)
+    for n in names:
+        if state[n].dtype != torch.float32:
+            raise ValueError(f"only float32 weights are exchanged; {n} is {state[n].dtype}")
+    flat = (torch.cat([state[n].detach().reshape(-1).cpu() for n in names]) if names
+            else torch.zeros(0)).contiguous().numpy()
+    layout = json.dumps([[n, list(state[n].shape)] for n in names])
+    return {key: flat}, {f"{key}#layout": layout}
 
 
-def _state_from(arrays: dict[str, np.ndarray], prefix: str) -> StateDict:
-    return {k[len(prefix):]: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()
-            if k.startswith(prefix)}
+def _unpack(p: Payload, key: str) -> StateDict:
+    """Inverse of :func:`_pack`; a layout that does not fit the array raises ``ValueError``."""
+    if key not in p.arrays or f"{key}#layout" not in p.config:
+        raise ValueError(f"'{key}' or its layout is missing")
+    flat, layout = p.arrays[key], json.loads(str(p.config[f"{key}#layout"]))
+    sizes = [int(np.prod(shape)) for _, shape in layout]
+    if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != sum(sizes):
+        raise ValueError(f"'{key}': {flat.dtype} array of shape {flat.shape} does not match its "
+                         f"layout ({sum(sizes)} float32 values)")
+    out, start = {}, 0
+    tensor = torch.from_numpy(np.array(flat, copy=True))
+    for (name, shape), size in zip(layout, sizes):
+        out[str(name)] = tensor[start:start + size].reshape(shape).clone()
+        start += size
+    return out
 
 
 def _run_config(run: RunSettings) -> dict[str, ConfigValue]:
@@ -116,20 +140,20 @@ def _run_from(config: dict[str, ConfigValue]) -> RunSettings:
 
 
 def encode_train_request(req: TrainRequest) -> Payload:
-    return Payload(_state_arrays("base/", req.base),
-                   {**_run_config(req.run), "train": json.dumps(to_dict(req.train)),
-                    "catalogue": req.catalogue})
+    arrays, layout = _pack("base", req.base)
+    return Payload(arrays, {**layout, **_run_config(req.run), "train": json.dumps(to_dict(req.train)),
+                            "catalogue": req.catalogue})
 
 
 def decode_train_request(p: Payload) -> TrainRequest:
-    return TrainRequest(_state_from(p.arrays, "base/"), _run_from(p.config),
+    return TrainRequest(_unpack(p, "base"), _run_from(p.config),
                         from_dict(TrainConfig, json.loads(str(p.config["train"])), "train"),
                         str(p.config.get("catalogue", "text")))  # type: ignore[arg-type]
 
 
 def encode_train_reply(rep: TrainReply, silo: str) -> Payload:
-    arrays = _state_arrays("weights/", rep.state)
-    config: dict[str, ConfigValue] = {"silo": silo, "base-hash": rep.base_hash}
+    arrays, layout = _pack("weights", rep.state)
+    config: dict[str, ConfigValue] = {**layout, "silo": silo, "base-hash": rep.base_hash}
     if rep.item_vectors is not None:
         arrays["item-vectors"] = rep.item_vectors.float().contiguous().numpy()
     if rep.item_texts is not None:
@@ -140,7 +164,7 @@ def encode_train_reply(rep: TrainReply, silo: str) -> Payload:
 def decode_train_reply(p: Payload) -> TrainReply:
     vectors = p.arrays.get("item-vectors")
     texts = p.config.get("item-texts")
-    return TrainReply(_state_from(p.arrays, "weights/"), str(p.config.get("base-hash", "")),
+    return TrainReply(_unpack(p, "weights"), str(p.config.get("base-hash", "")),
                       dict(p.metrics), [str(t) for t in texts] if isinstance(texts, list) else None,
                       None if vectors is None else torch.from_numpy(np.array(vectors, copy=True)))
 
@@ -192,15 +216,18 @@ def decode_answer(p: Payload) -> TeacherSignal:
 def encode_eval_request(req: EvalRequest) -> Payload:
     labels = list(req.models)
     arrays: dict[str, np.ndarray] = {}
+    layouts: dict[str, ConfigValue] = {}
     for i, label in enumerate(labels):
-        arrays.update(_state_arrays(f"m{i}/", req.models[label]))
-    return Payload(arrays, {**_run_config(req.run), "labels": labels,
+        a, lay = _pack(f"model{i}", req.models[label])
+        arrays.update(a)
+        layouts.update(lay)
+    return Payload(arrays, {**layouts, **_run_config(req.run), "labels": labels,
                             "eval": json.dumps(to_dict(req.eval)), "popularity": req.popularity})
 
 
 def decode_eval_request(p: Payload) -> EvalRequest:
     labels = [str(x) for x in p.config["labels"]]  # type: ignore[union-attr]
-    models = {label: _state_from(p.arrays, f"m{i}/") for i, label in enumerate(labels)}
+    models = {label: _unpack(p, f"model{i}") for i, label in enumerate(labels)}
     return EvalRequest(models, _run_from(p.config),
                        from_dict(EvalConfig, json.loads(str(p.config["eval"])), "eval"),
                        bool(p.config.get("popularity", False)))

@@ -1,0 +1,340 @@
+"""``mergerec-flower``: run the Flower app in simulation or as a multi-process deployment on
+this machine, check the run's final status (``flwr run`` exits 0 even when a run failed) and
+stop every process it started.
+
+``simulate``: ``flwr run <project> local`` on Flower's simulation engine.
+``deploy``: a SuperLink plus one SuperNode per silo, each with its own node config and data
+folder (the synthetic default is written out as one MergeRec-JSON folder per silo), then
+``flwr run <project> deploy`` against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import ConfigError, load_yaml
+from common.data import write_mergerec_json
+from common.experiment import PipelineConfig, load_domains
+
+PROJECT = Path(__file__).resolve().parents[1]
+DONE = "finished:"
+
+
+@dataclass
+class SiloSpec:
+    """One silo of a deployment: its name, data folder/archive and own settings."""
+
+    name: str
+    data: str
+    fmt: str = "mergerec_json"
+    eval_only: bool = False
+    query_budget: int = 0
+
+    def node_config(self, work: Path, audit_dir: str = "") -> str:
+        parts = [f"silo='{self.name}'", f"data-dir='{Path(self.data).resolve()}'",
+                 f"format='{self.fmt}'", f"work-dir='{(work / 'silos' / self.name).resolve()}'"]
+        if self.eval_only:
+            parts.append("eval-only=true")
+        if self.query_budget:
+            parts.append(f"query-budget={self.query_budget}")
+        if audit_dir:
+            parts.append(f"audit-dir='{Path(audit_dir).resolve()}'")
+        return " ".join(parts)
+
+
+@dataclass
+class Processes:
+    """Processes this launcher started, each in its own session (stopped as a group)."""
+
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def kill(self, name: str) -> None:
+        """Kill one process group at once (used to make a silo disappear)."""
+        for n, p in self.procs:
+            if n == name and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM in reverse start order (SuperNodes before the SuperLink), then SIGKILL."""
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                _signal_group(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(p.pid, signal.SIGKILL)  # stragglers: superexec / clientapp children
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flwr_env(home: Path) -> dict[str, str]:
+    """Environment for every flwr command: private FLWR_HOME, no telemetry, no per-run
+    dependency installation (it would pull a CUDA torch; the venv already has everything)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "FLWR_HOME": str(home.resolve()), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+def toml_overrides(values: dict[str, object], path: Path) -> Path:
+    """Run-config overrides as a TOML file for ``flwr run -c <file>``."""
+    lines = [f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
+             for k, v in values.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_status(run_id: str, conn: str, env: dict[str, str]) -> str:
+    out = subprocess.run([_bin("flwr"), "ls", conn, "--run-id", run_id, "--format", "json"],
+                         env=env, capture_output=True, text=True, cwd=PROJECT)
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return "unknown"
+    return str(runs[0]["status"]) if runs else "unknown"
+
+
+def submit_and_follow(conn: str, overrides: Path, env: dict[str, str], timeout_s: float,
+                      federation_config: str | None = None, on_tick=None) -> tuple[str, str]:
+    """Submit the run, stream its log, wait for a final status; returns (run id, status)."""
+    cmd = [_bin("flwr"), "run", str(PROJECT), conn, "--format", "json", "-c", str(overrides)]
+    if federation_config:
+        cmd += ["--federation-config", federation_config]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT)
+    try:
+        run_id = str(json.loads(out.stdout)["run-id"])
+    except (json.JSONDecodeError, KeyError):
+        raise RuntimeError(f"flwr run did not start a run:\n{out.stdout}\n{out.stderr}") from None
+    print(f"run {run_id} submitted to '{conn}'", flush=True)
+    follower = subprocess.Popen([_bin("flwr"), "log", run_id, conn, "--stream"], env=env,
+                                cwd=PROJECT)
+    deadline = time.monotonic() + timeout_s
+    status, last_poll = "unknown", time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if on_tick is not None:
+                on_tick()
+            # the log stream ends with the run; poll the status then (and every 30 s anyway:
+            # each `flwr ls` costs a CPU-second, too much to do every few seconds on 2 cores)
+            if follower.poll() is not None or time.monotonic() - last_poll > 30:
+                status, last_poll = run_status(run_id, conn, env), time.monotonic()
+                if status.startswith(DONE):
+                    break
+            time.sleep(1.0 if follower.poll() is None else 5.0)
+        else:
+            subprocess.run([_bin("flwr"), "stop", run_id, conn], env=env, capture_output=True,
+                           cwd=PROJECT)
+            status = f"timed out after {timeout_s:.0f} s (stopped)"
+    finally:
+        if follower.poll() is None:
+            follower.terminate()
+            follower.wait(10)
+    return run_id, status
+
+
+def _verdict(status: str, output: Path, started: float) -> int:
+    report = output / "report.json"
+    fresh = report.is_file() and report.stat().st_mtime >= started
+    if status == "finished:completed" and fresh:
+        print(f"\nrun completed; report: {report}")
+        return 0
+    print(f"\nrun did not complete: status '{status}'"
+          + ("" if fresh else f"; no new report in {output}"), file=sys.stderr)
+    return 1
+
+
+def _stop_local_superlink(home: Path) -> None:
+    """Stop the background simulation SuperLink that ``flwr run . local`` started for ``home``."""
+    marker = str(home.resolve() / "local-superlink")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "flower-superlink" in cmdline and marker in cmdline:
+            _signal_group(int(proc.name), signal.SIGTERM)
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def common_overrides(args: argparse.Namespace, output: Path) -> dict[str, object]:
+    values: dict[str, object] = {"output-dir": str(output), "root-dir": str(Path.cwd())}
+    if args.experiment:
+        values["experiment"] = str(Path(args.experiment).resolve())
+    for item in args.config or []:
+        key, _, raw = item.partition("=")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """Run the app on Flower's simulation engine, one virtual SuperNode per domain."""
+    cfg = _experiment(args)
+    output = Path(args.output).resolve()
+    home = Path(args.flwr_home)
+    env = flwr_env(home)
+    values = common_overrides(args, output)
+    overrides = toml_overrides(values, home / "run-overrides.toml")
+    nodes = len(cfg.data.domain_names())
+    started = time.time()
+    try:
+        _, status = submit_and_follow("local", overrides, env, args.timeout,
+                                      f"num-supernodes={nodes} client-resources-num-cpus=1")
+    finally:
+        _stop_local_superlink(home)
+    return _verdict(status, output, started)
+
+
+def deploy(args: argparse.Namespace) -> int:
+    """SuperLink + one SuperNode per silo on this machine, one run, then stop everything."""
+    cfg = _experiment(args)
+    work = Path(args.work).resolve()
+    output = Path(args.output).resolve()
+    silos = _silo_specs(args, cfg, work)
+    home = work / "flwr-home"
+    env = flwr_env(home)
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    procs = Processes()
+    started = time.time()
+    try:
+        procs.start("superlink", [_bin("flower-superlink"), "--insecure",
+                                  "--disable-runtime-dependency-installation",
+                                  "--database", str(work / "state.db"), "--port", str(port)],
+                    env, work / "logs" / "superlink.log")
+        for spec in silos:
+            procs.start(spec.name, [_bin("flower-supernode"), "--insecure", "--superlink",
+                                    f"127.0.0.1:{port}", "--port", str(free_port()),
+                                    "--node-config", spec.node_config(work, args.audit_dir or "")],
+                        env, work / "logs" / f"supernode-{spec.name}.log")
+        values = {**common_overrides(args, output), "num-silos": len(silos)}
+        overrides = toml_overrides(values, work / "run-overrides.toml")
+        _, status = submit_and_follow("deploy", overrides, env, args.timeout,
+                                      on_tick=_killer(procs, args.kill_silo_after_train, work))
+    finally:
+        procs.stop()
+    print(f"logs: {work / 'logs'}")
+    return _verdict(status, output, started)
+
+
+def _killer(procs: Processes, name: str | None, work: Path):
+    """Fault drill: kill silo ``name``'s SuperNode as soon as it has trained (its run record
+    exists), so that it disappears between training and the distillation queries."""
+    if not name:
+        return None
+    runs = work / "silos" / name / "runs"
+
+    def tick() -> None:
+        if runs.is_dir() and any(runs.glob("*.json")):
+            procs.kill(name)
+    return tick
+
+
+def _experiment(args: argparse.Namespace) -> PipelineConfig:
+    try:
+        return load_yaml(PipelineConfig, args.experiment) if args.experiment else PipelineConfig()
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _silo_specs(args: argparse.Namespace, cfg: PipelineConfig, work: Path) -> list[SiloSpec]:
+    """``--silo NAME=PATH`` entries, or the experiment's domains written out per silo."""
+    eval_only = set(args.eval_only.split(",")) if args.eval_only else set()
+    if args.silo:
+        specs = []
+        for item in args.silo:
+            name, _, path = item.partition("=")
+            if not path or not Path(path).exists():
+                raise SystemExit(f"error: --silo {item}: expected NAME=PATH to an existing folder "
+                                 f"or .tar.gz")
+            specs.append(SiloSpec(name, path, eval_only=name in eval_only,
+                                  query_budget=args.query_budget))
+        return specs
+    if cfg.data.sources:
+        root = Path(args.data_dir or ".")
+        return [SiloSpec(src.name, str(root / src.path), src.format, src.name in eval_only,
+                         args.query_budget) for src in cfg.data.sources]
+    specs = []
+    for domain in load_domains(cfg.data):
+        folder = write_mergerec_json(domain, work / "data" / domain.name)
+        specs.append(SiloSpec(domain.name, str(folder), eval_only=domain.name in eval_only,
+                              query_budget=args.query_budget))
+    return specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mergerec-flower", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode in ("simulate", "deploy"):
+        p = sub.add_parser(mode)
+        p.add_argument("--experiment", help="YAML PipelineConfig (default: synthetic default)")
+        p.add_argument("--output", default=f"results/flower-{mode}", help="report folder")
+        p.add_argument("-c", "--config", action="append",
+                       help="run-config override KEY=VALUE (repeatable)")
+        p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds for the run")
+        if mode == "simulate":
+            p.add_argument("--flwr-home", default=".cache/flwr-sim", help="FLWR_HOME to use")
+        else:
+            p.add_argument("--work", default=".cache/deploy",
+                           help="state, logs, silo work dirs and exported data")
+            p.add_argument("--silo", action="append",
+                           help="NAME=PATH of a silo's data (repeatable; default: the experiment's "
+                                "domains, written out one folder per silo)")
+            p.add_argument("--data-dir", help="base of the experiment's data source paths")
+            p.add_argument("--eval-only", default="", help="comma-separated evaluation-only silos")
+            p.add_argument("--query-budget", type=int, default=0,
+                           help="pseudo-users each silo answers per run (0: no limit)")
+            p.add_argument("--audit-dir", help="silos archive every reply they send here")
+            p.add_argument("--kill-silo-after-train", metavar="NAME",
+                           help="fault drill: kill that silo's SuperNode once it has trained")
+    args = parser.parse_args(argv)
+    return simulate(args) if args.mode == "simulate" else deploy(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Silo side: the Flower ClientApp serving one private domain."""

@@ -1,0 +1,127 @@
+"""The silo ClientApp: one private domain behind four message handlers.
+
+``query.info`` (name and role), ``train`` (fine-tune from the received θ₀), ``query.distill``
+(answer coordinator-made pseudo-users) and ``evaluate`` (metrics of received models on the private
+split). Each handler is a thin wrapper over :class:`common.federated.Silo`.
+
+Who the silo is: in deployment from the SuperNode's node config (``silo``, ``data-dir``,
+optional ``format``, ``work-dir``, ``query-budget``, ``eval-only``, ``audit-dir``); in
+simulation, where a node only knows its ``partition-id``, partition ``i`` is the ``i``-th domain
+of the run's experiment config and the silo settings come from the run config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from safetensors.numpy import save_file
+
+from common.experiment import DomainSource, config_from_run, load_domain, load_source
+from common.federated import EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, Silo, SiloConfig
+
+from .records import from_record, to_record
+
+app = ClientApp()
+_SILOS: dict[tuple[str, str], Silo] = {}  # reused across messages handled by one process
+
+
+def root_dir(ctx: Context) -> Path:
+    """Base for relative paths: the run config's ``root-dir`` (default: working directory)."""
+    return Path(str(ctx.run_config.get("root-dir", "") or ".")).resolve()
+
+
+def silo_for(ctx: Context) -> Silo:
+    """This node's silo, from its node config (deployment) or its partition id (simulation)."""
+    nc, rc = ctx.node_config, ctx.run_config
+    if "silo" in nc:
+        name = str(nc["silo"])
+        work = Path(str(nc.get("work-dir") or f".mergerec-silo/{name}")).resolve()
+        source = DomainSource(name, str(nc.get("format", "mergerec_json")),  # type: ignore[arg-type]
+                              str(Path(str(nc["data-dir"])).resolve()))
+        cfg = SiloConfig(name, str(work), int(nc.get("query-budget", 0)) or None,  # type: ignore[arg-type]
+                         bool(nc.get("eval-only", False)))
+        load = lambda: load_source(source, work / "data-cache")  # noqa: E731
+    else:
+        exp = config_from_run(rc, root_dir(ctx))
+        names = exp.data.domain_names()
+        pid = int(nc["partition-id"])  # type: ignore[call-overload]
+        if pid >= len(names):
+            raise QueryRefused(f"partition {pid}: the run config has only {len(names)} domains "
+                               f"({', '.join(names)}); start as many SuperNodes as domains")
+        name = names[pid]
+        work = root_dir(ctx) / str(rc.get("work-dir", ".cache/silos")) / name
+        cfg = SiloConfig(name, str(work), exp.federation.query_budget,
+                         name in exp.federation.eval_only, str(Path(exp.data.cache_dir) / "features"))
+        load = lambda: load_domain(exp.data, name)  # noqa: E731
+    key = (cfg.name, json.dumps(vars(cfg), sort_keys=True))
+    if key not in _SILOS:
+        _SILOS[key] = Silo(cfg, load)
+    return _SILOS[key]
+
+
+def _inject_fault(ctx: Context, silo: str, kind: str) -> None:
+    """Chaos testing: run config ``fault = "<silo>:<kind>:raise|exit"`` makes that silo raise
+    or its process die when it gets a message of that kind."""
+    spec = str(ctx.run_config.get("fault", "") or "")
+    if spec.count(":") != 2:
+        return
+    target, fault_kind, action = spec.split(":")
+    if target == silo and fault_kind == kind:
+        if action == "exit":
+            os._exit(17)
+        raise RuntimeError(f"injected fault in silo {silo} during {kind}")
+
+
+def _audit(ctx: Context, silo: str, kind: str, reply: Payload | None, error: str = "") -> None:
+    """With ``audit-dir`` set (node or run config), archive every outgoing reply verbatim."""
+    where = str(ctx.node_config.get("audit-dir", "") or ctx.run_config.get("audit-dir", "") or "")
+    if not where:
+        return
+    folder = (root_dir(ctx) / where / silo).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{ctx.run_id}-{len(list(folder.glob('*.json'))):04d}-{kind}"
+    if reply is not None and reply.arrays:
+        save_file(reply.arrays, f"{stem}.safetensors")
+    record = {"kind": kind, "error": error} if reply is None else \
+        {"kind": kind, "config": reply.config, "metrics": reply.metrics, "arrays": sorted(reply.arrays)}
+    Path(f"{stem}.json").write_text(json.dumps(record, default=str))
+
+
+def _serve(kind: str, msg: Message, ctx: Context) -> Message:
+    silo = silo_for(ctx)
+    _inject_fault(ctx, silo.cfg.name, kind)
+    try:
+        reply = silo.handle(kind, from_record(msg.content), str(ctx.run_id))
+    except Exception as exc:
+        _audit(ctx, silo.cfg.name, kind, None, f"{type(exc).__name__}: {exc}")
+        raise
+    _audit(ctx, silo.cfg.name, kind, reply)
+    return Message(to_record(reply), reply_to=msg)
+
+
+@app.query("info")
+def info(msg: Message, ctx: Context) -> Message:
+    """Name and role (``train`` or ``eval``) of this silo."""
+    return _serve(INFO, msg, ctx)
+
+
+@app.train()
+def train(msg: Message, ctx: Context) -> Message:
+    """Fine-tune from θ₀; reply with weights, catalogue and aggregate training metrics."""
+    return _serve(TRAIN, msg, ctx)
+
+
+@app.query("distill")
+def distill(msg: Message, ctx: Context) -> Message:
+    """Scores of the silo's fine-tuned model for the coordinator's pseudo-users."""
+    return _serve(QUERY, msg, ctx)
+
+
+@app.evaluate()
+def evaluate(msg: Message, ctx: Context) -> Message:
+    """Aggregate metrics of the received models on the silo's private split."""
+    return _serve(EVALUATE, msg, ctx)

@@ -1,0 +1,45 @@
+"""Tiny run configs shared by the federation tests (seconds in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from common.config import from_dict
+from common.pipeline import PipelineConfig
+
+TINY: dict = {
+    "data": {"synthetic": {"items_per_domain": 60, "users_per_domain": 120, "seed": 3}},
+    "encoder": "hashing-64",
+    "model": {"hidden": 16, "layers": 1, "heads": 2, "max_len": 8, "item_hidden": 32},
+    "train": {"epochs": 3, "batch_size": 64, "lr": 0.003, "patience": 3, "progress": False},
+    "merges": [{"method": "average"}, {"method": "ties", "lam": 1.0, "density": 0.2}],
+    "learned": [
+        {"name": "mergerec task-wise",
+         "distill": {"steps": 20, "batch_size": 16, "lr": 0.01, "progress": False}},
+        {"name": "mergerec layer-wise walk", "teacher_topk": 10,
+         "pseudo_users": {"kind": "walk", "walk_length": 2},
+         "distill": {"steps": 20, "batch_size": 16, "lr": 0.01, "granularity": "layer",
+                     "progress": False}},
+    ],
+    "joint": False,
+}
+
+
+def tiny_raw(tmp: Path, **overrides: object) -> dict:
+    """TINY with its caches under ``tmp`` and top-level keys replaced by ``overrides``."""
+    raw = {**TINY, **overrides}
+    raw["data"] = {**TINY["data"], "cache_dir": str(tmp / "cache")}
+    return raw
+
+
+def tiny_config(tmp: Path, **overrides: object) -> PipelineConfig:
+    return from_dict(PipelineConfig, tiny_raw(tmp, **overrides))
+
+
+def write_tiny_yaml(tmp: Path, **overrides: object) -> Path:
+    """The tiny config as an experiment YAML file (for the Flower runs)."""
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(tmp, **overrides), allow_unicode=True))
+    return path

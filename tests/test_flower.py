@@ -1,0 +1,175 @@
+"""The Flower apps: handlers in-process (fast); simulation and loopback deployment end to end
+(slow, minutes), checked against the in-process reference pipeline, audited for data isolation,
+and with a raising and a vanishing silo."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, Metadata, RecordDict
+from safetensors.numpy import load_file
+
+from common.data import make_synthetic_domains
+from common.federated import QueryRefused
+from common.federated.protocol import TrainRequest, encode_query, encode_train_request
+from common.model import ModelConfig, build_base_model
+from common.pipeline import run_pipeline
+from common.training import TrainConfig
+from common.federated import RunSettings
+from silos.client_app import app as client_app
+from silos.records import from_record, to_record
+from tests.runs import tiny_config, write_tiny_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _message(content: RecordDict, kind: str) -> Message:
+    meta = Metadata(run_id=7, message_id="m1", src_node_id=1, dst_node_id=2, reply_to_message_id="",
+                    group_id="", created_at=0.0, ttl=60.0, message_type=kind)
+    return Message(content=content, metadata=meta)
+
+
+def test_clientapp_handlers(tmp_path):
+    yaml_path = write_tiny_yaml(tmp_path)
+    ctx = Context(run_id=7, node_id=2, node_config={"partition-id": 1, "num-partitions": 3},
+                  state=RecordDict(), run_config={"experiment": str(yaml_path),
+                                                  "work-dir": str(tmp_path / "silos")})
+    info = from_record(client_app(_message(to_record(encode_query([[0]], None)), "query.info"),
+                                  ctx).content)
+    assert info.config == {"silo": "sports", "role": "train"}
+    with pytest.raises(QueryRefused, match="has not trained"):
+        client_app(_message(to_record(encode_query([[0]], None)), "query.distill"), ctx)
+    model = ModelConfig(text_dim=64, hidden=16, layers=1, heads=2, max_len=8, item_hidden=32)
+    req = encode_train_request(TrainRequest(build_base_model(model, 0).state_dict(),
+                                            RunSettings("hashing-64", True, model),
+                                            TrainConfig(epochs=1, progress=False)))
+    reply = client_app(_message(to_record(req), "train"), ctx)
+    assert list(reply.content["arrays"].keys()) == ["weights"]  # one packed array per model
+    bad = to_record(encode_query([[0]], None))
+    bad["arrays"]["sequences"] = bad["arrays"]["sequences"].__class__(
+        np.array([[0.5]], dtype=np.float32))
+    with pytest.raises(QueryRefused, match="int64"):
+        client_app(_message(bad, "query.distill"), ctx)
+    with pytest.raises(QueryRefused, match="only 3 domains"):
+        client_app(_message(RecordDict(), "query.info"),
+                   Context(run_id=7, node_id=3, node_config={"partition-id": 5, "num-partitions": 6},
+                           state=RecordDict(), run_config=ctx.run_config))
+
+
+def _launch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coordinator.launch", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_matches_reference(report: dict, tmp_path: Path) -> None:
+    reference = run_pipeline(tiny_config(tmp_path / "ref"))["results"]
+    assert report["results"].keys() == reference.keys()
+    for method, row in reference.items():
+        assert report["results"][method] == row, method
+
+
+ALLOWED = {  # message kind -> (array names, config keys); nothing else may leave a silo
+    "query.info": (set(), {"silo", "role"}),
+    "train": ({"weights"}, {"weights#layout", "silo", "base-hash", "item-texts"}),
+    "query.distill": ({"scores", "indices"}, {"silo", "num-items"}),
+    "evaluate": (set(), {"silo", "labels"}),
+}
+
+
+def _audit(folder: Path, tmp_path: Path) -> None:
+    """Every archived reply: allowed kind and fields only, no user id, no user sequence."""
+    domains = {d.name: d for d in make_synthetic_domains(tiny_config(tmp_path).data.synthetic)}
+    assert {p.name for p in folder.iterdir()} == set(domains)
+    for silo_dir in folder.iterdir():
+        dom = domains[silo_dir.name]
+        user_seqs = [list(s) + [v, t] for s, v, t in zip(dom.train, dom.val, dom.test)]
+        kinds = []
+        for meta_file in sorted(silo_dir.glob("*.json")):
+            meta = json.loads(meta_file.read_text())
+            kinds.append(meta["kind"])
+            arrays_ok, config_ok = ALLOWED[meta["kind"]]
+            assert set(meta.get("arrays", [])) <= arrays_ok and set(meta.get("config", {})) <= config_ok
+            text = json.dumps(meta)
+            assert not any(uid in text for uid in dom.user_ids), meta_file
+            tensor_file = meta_file.with_suffix(".safetensors")
+            if tensor_file.is_file():
+                for name, arr in load_file(str(tensor_file)).items():
+                    if arr.dtype.kind == "i":  # no interaction sequence inside any int array
+                        rows = [r.tolist() for r in arr.reshape(-1, arr.shape[-1])]
+                        for seq in user_seqs:
+                            k = len(seq)
+                            assert not any(r[i:i + k] == seq for r in rows
+                                           for i in range(len(r) - k + 1)), (meta_file, name)
+        assert kinds[0] == "query.info" and "train" in kinds and kinds[-1] == "evaluate"
+
+
+@pytest.mark.slow
+def test_simulation_matches_reference_and_leaks_nothing(tmp_path):
+    yaml_path = write_tiny_yaml(tmp_path)
+    out, audit = tmp_path / "out", tmp_path / "audit"
+    run = _launch("simulate", "--experiment", str(yaml_path), "--output", str(out),
+                  "--flwr-home", str(tmp_path / "home"), "-c", f"audit-dir={audit}",
+                  "-c", f"work-dir={tmp_path / 'silos'}")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["failures"] == []
+    _assert_matches_reference(report, tmp_path)
+    _audit(audit, tmp_path)
+    assert (out / "merged" / "mergerec_task-wise.safetensors").is_file()
+    ledger = json.loads((out / "ledger.json").read_text())
+    assert set(ledger["summary"]) == {"beauty", "sports", "pantry"}
+    assert all(s["messages"]["query.info"] == 1 for s in ledger["summary"].values())
+
+
+@pytest.mark.slow
+def test_simulation_reports_a_raising_silo_and_goes_on(tmp_path):
+    yaml_path = write_tiny_yaml(tmp_path, learned=[])
+    out = tmp_path / "out"
+    run = _launch("simulate", "--experiment", str(yaml_path), "--output", str(out),
+                  "--flwr-home", str(tmp_path / "home"), "-c", "fault=sports:train:raise",
+                  "-c", "min-silos=2", "-c", f"work-dir={tmp_path / 'silos'}")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    [failure] = report["failures"]
+    assert failure["silo"] == "sports" and failure["stage"] == "train"
+    assert "injected fault in silo sports during train" in failure["reason"]
+    assert "fine-tuned on sports" not in report["results"] and "ties" in report["results"]
+
+
+@pytest.mark.slow
+def test_deployment_three_silos_matches_reference_and_stops_everything(tmp_path):
+    yaml_path = write_tiny_yaml(tmp_path)
+    out, work = tmp_path / "out", tmp_path / "work"
+    run = _launch("deploy", "--experiment", str(yaml_path), "--output", str(out),
+                  "--work", str(work))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["failures"] == [] and len(report["silos"]) == 3
+    _assert_matches_reference(report, tmp_path)
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                 and str(work) in _cmdline(p)]
+    assert not leftovers, "processes left running"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_deployment_survives_a_vanishing_silo(tmp_path):
+    yaml_path = write_tiny_yaml(tmp_path)
+    out, work = tmp_path / "out", tmp_path / "work"
+    run = _launch("deploy", "--experiment", str(yaml_path), "--output", str(out),
+                  "--work", str(work), "--kill-silo-after-train", "pantry", "-c", "min-silos=2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert {f["silo"] for f in report["failures"]} == {"pantry"}
+    assert report["silos"]["pantry"]["evaluated"] is False
+    assert "mergerec task-wise" in report["results"]
+    assert set(report["results"]["mergerec task-wise"]) == {"beauty", "sports", "average"}
