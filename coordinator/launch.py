@@ -91,6 +91,17 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def superlink_args(database: str, port: int) -> list[str]:
+    """SuperLink flags (insecure loopback; docker-compose.yml uses the same ones)."""
+    return ["--insecure", "--disable-runtime-dependency-installation", "--database", database,
+            "--port", str(port)]
+
+
+def supernode_args(superlink: str, port: int, node_config: str) -> list[str]:
+    """SuperNode flags: Fleet address, its own ClientApp runtime port, the silo's node config."""
+    return ["--insecure", "--superlink", superlink, "--port", str(port), "--node-config", node_config]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -242,14 +253,12 @@ def deploy(args: argparse.Namespace) -> int:
     procs = Processes()
     started = time.time()
     try:
-        procs.start("superlink", [_bin("flower-superlink"), "--insecure",
-                                  "--disable-runtime-dependency-installation",
-                                  "--database", str(work / "state.db"), "--port", str(port)],
+        procs.start("superlink", [_bin("flower-superlink"), *superlink_args(str(work / "state.db"),
+                                                                             port)],
                     env, work / "logs" / "superlink.log")
         for spec in silos:
-            procs.start(spec.name, [_bin("flower-supernode"), "--insecure", "--superlink",
-                                    f"127.0.0.1:{port}", "--port", str(free_port()),
-                                    "--node-config", spec.node_config(work, args.audit_dir or "")],
+            procs.start(spec.name, [_bin("flower-supernode"), *supernode_args(
+                f"127.0.0.1:{port}", free_port(), spec.node_config(work, args.audit_dir or ""))],
                         env, work / "logs" / f"supernode-{spec.name}.log")
         values = {**common_overrides(args, output), "num-silos": len(silos)}
         overrides = toml_overrides(values, work / "run-overrides.toml")
