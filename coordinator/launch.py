@@ -263,22 +263,23 @@ def deploy(args: argparse.Namespace) -> int:
         values = {**common_overrides(args, output), "num-silos": len(silos)}
         overrides = toml_overrides(values, work / "run-overrides.toml")
         _, status = submit_and_follow("deploy", overrides, env, args.timeout,
-                                      on_tick=_killer(procs, args.kill_silo_after_train, work))
+                                      on_tick=_killer(procs, args.kill_silo_after_train, work,
+                                                      started))
     finally:
         procs.stop()
     print(f"logs: {work / 'logs'}")
     return _verdict(status, output, started)
 
 
-def _killer(procs: Processes, name: str | None, work: Path):
-    """Fault drill: kill silo ``name``'s SuperNode as soon as it has trained (its run record
-    exists), so that it disappears between training and the distillation queries."""
+def _killer(procs: Processes, name: str | None, work: Path, started: float):
+    """Fault drill: kill silo ``name``'s SuperNode as soon as it has trained in this run (its
+    run record appears), so that it disappears in the middle of the run."""
     if not name:
         return None
     runs = work / "silos" / name / "runs"
 
     def tick() -> None:
-        if runs.is_dir() and any(runs.glob("*.json")):
+        if runs.is_dir() and any(p.stat().st_mtime >= started for p in runs.glob("*.json")):
             procs.kill(name)
     return tick
 

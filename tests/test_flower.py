@@ -129,7 +129,7 @@ def test_simulation_reports_a_raising_silo_and_goes_on(tmp_path):
     yaml_path = write_tiny_yaml(tmp_path, learned=[])
     out = tmp_path / "out"
     run = _launch("simulate", "--experiment", str(yaml_path), "--output", str(out),
-                  "--flwr-home", str(tmp_path / "home"), "-c", "fault=sports:train:raise",
+                  "--flwr-home", str(tmp_path / "home"), "-c", "fault=sports:train",
                   "-c", "min-silos=2", "-c", f"work-dir={tmp_path / 'silos'}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -139,16 +139,23 @@ def test_simulation_reports_a_raising_silo_and_goes_on(tmp_path):
     assert "fine-tuned on sports" not in report["results"] and "ties" in report["results"]
 
 
-@pytest.mark.slow
-def test_deployment_three_silos_matches_reference_and_stops_everything(tmp_path):
-    yaml_path = write_tiny_yaml(tmp_path)
-    out, work = tmp_path / "out", tmp_path / "work"
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """One clean loopback deployment with three silos (SuperLink + 3 SuperNodes)."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    yaml_path = write_tiny_yaml(tmp)
+    out, work = tmp / "out", tmp / "work"
     run = _launch("deploy", "--experiment", str(yaml_path), "--output", str(out),
                   "--work", str(work))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
+    return tmp, yaml_path, work, json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_deployment_three_silos_matches_reference_and_stops_everything(deployment):
+    tmp, _, work, report = deployment
     assert report["failures"] == [] and len(report["silos"]) == 3
-    _assert_matches_reference(report, tmp_path)
+    _assert_matches_reference(report, tmp)
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
                  and str(work) in _cmdline(p)]
     assert not leftovers, "processes left running"
@@ -162,14 +169,17 @@ def _cmdline(proc: Path) -> str:
 
 
 @pytest.mark.slow
-def test_deployment_survives_a_vanishing_silo(tmp_path):
-    yaml_path = write_tiny_yaml(tmp_path)
-    out, work = tmp_path / "out", tmp_path / "work"
+def test_deployment_rerun_reuses_training_and_survives_a_vanishing_silo(deployment):
+    tmp, yaml_path, work, first = deployment
+    out = tmp / "rerun"
     run = _launch("deploy", "--experiment", str(yaml_path), "--output", str(out),
                   "--work", str(work), "--kill-silo-after-train", "pantry", "-c", "min-silos=2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert {f["silo"] for f in report["failures"]} == {"pantry"}
+    assert {f["silo"] for f in report["failures"]} == {"pantry"}, report["failures"]
     assert report["silos"]["pantry"]["evaluated"] is False
-    assert "mergerec task-wise" in report["results"]
     assert set(report["results"]["mergerec task-wise"]) == {"beauty", "sports", "average"}
+    for silo in ("beauty", "sports"):  # kept checkpoints reused, same fine-tuned model
+        assert report["training"][silo]["reused_checkpoint"] == 1.0
+        assert report["results"][f"fine-tuned on {silo}"][silo] == \
+            first["results"][f"fine-tuned on {silo}"][silo]
