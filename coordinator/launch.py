@@ -256,10 +256,14 @@ def deploy(args: argparse.Namespace) -> int:
         procs.start("superlink", [_bin("flower-superlink"), *superlink_args(str(work / "state.db"),
                                                                              port)],
                     env, work / "logs" / "superlink.log")
+        # all silos share this machine's cores: without a cap every silo's torch takes all of
+        # them and training slows down several-fold from oversubscription
+        threads = str(args.threads_per_silo or max(1, (os.cpu_count() or 1) // len(silos)))
+        silo_env = {**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         for spec in silos:
             procs.start(spec.name, [_bin("flower-supernode"), *supernode_args(
                 f"127.0.0.1:{port}", free_port(), spec.node_config(work, args.audit_dir or ""))],
-                        env, work / "logs" / f"supernode-{spec.name}.log")
+                        silo_env, work / "logs" / f"supernode-{spec.name}.log")
         values = {**common_overrides(args, output), "num-silos": len(silos)}
         overrides = toml_overrides(values, work / "run-overrides.toml")
         _, status = submit_and_follow("deploy", overrides, env, args.timeout,
@@ -340,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--query-budget", type=int, default=0,
                            help="pseudo-users each silo answers per run (0: no limit)")
             p.add_argument("--audit-dir", help="silos archive every reply they send here")
+            p.add_argument("--threads-per-silo", type=int, default=0,
+                           help="torch threads per silo process (0: cores // silos)")
             p.add_argument("--kill-silo-after-train", metavar="NAME",
                            help="fault drill: kill that silo's SuperNode once it has trained")
     args = parser.parse_args(argv)

@@ -40,6 +40,13 @@ def _timed_launch(mode: str, experiment: str | None, out: Path, work: Path) -> t
     return seconds, json.loads((out / "report.json").read_text())
 
 
+def max_difference(a: dict, b: dict) -> float:
+    """Largest absolute difference over all (method, domain, metric) cells of two result sets."""
+    if a.keys() != b.keys():
+        return float("inf")
+    return max(abs(a[m][d][k] - b[m][d][k]) for m in a for d in a[m] for k in a[m][d])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--experiment", help="YAML PipelineConfig (default: synthetic default)")
@@ -48,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output).resolve()
     cfg = load_yaml(PipelineConfig, args.experiment) if args.experiment else PipelineConfig()
     cfg.joint = False  # not available in a federation; keep the three runs identical
+    cfg.train.progress = False
+    for spec in cfg.learned:
+        spec.distill.progress = False
     cfg.output_dir = str(out / "in-process")
     cfg.data.cache_dir = str(out / "cache")
     experiment = out / "experiment.yaml"
@@ -67,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["wall_s"]
     for row in rows:
         row["overhead_s"] = round(row["wall_s"] - base, 1)
-        row["same_metrics"] = results[row["mode"]] == results["in-process"]
+        row["max_metric_diff"] = max_difference(results[row["mode"]], results["in-process"])
     table = ["| mode | wall time (s) | coordinator stages (s) | overhead vs in-process (s) | "
-             "same metrics |", "|---|---:|---:|---:|---|"]
+             "max abs. metric difference |", "|---|---:|---:|---:|---:|"]
     table += [f"| {r['mode']} | {r['wall_s']} | {r['coordinator_s']} | {r['overhead_s']} | "
-              f"{r['same_metrics']} |" for r in rows]
+              f"{r['max_metric_diff']:.5f} |" for r in rows]
     verdict = (f"deployment overhead {rows[2]['overhead_s']} s "
                f"({'meets' if rows[2]['overhead_s'] < 120 else 'misses'} the < 120 s target)")
     text = "\n".join(table) + f"\n\n{verdict}\n"

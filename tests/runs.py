@@ -30,7 +30,7 @@ TINY: dict = {
 def tiny_raw(tmp: Path, **overrides: object) -> dict:
     """TINY with its caches under ``tmp`` and top-level keys replaced by ``overrides``."""
     raw = {**TINY, **overrides}
-    raw["data"] = {**TINY["data"], "cache_dir": str(tmp / "cache")}
+    raw["data"] = {**raw["data"], "cache_dir": str(tmp / "cache")}
     return raw
 
 

@@ -21,7 +21,7 @@ from common.training import TrainConfig
 from common.federated import RunSettings
 from silos.client_app import app as client_app
 from silos.records import from_record, to_record
-from tests.runs import tiny_config, write_tiny_yaml
+from tests.runs import TINY, tiny_config, write_tiny_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,18 +125,25 @@ def test_simulation_matches_reference_and_leaks_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_simulation_reports_a_raising_silo_and_goes_on(tmp_path):
-    yaml_path = write_tiny_yaml(tmp_path, learned=[])
+def test_simulation_with_a_raising_silo_and_an_unseen_domain(tmp_path):
+    data = {"synthetic": {**TINY["data"]["synthetic"],
+                          "domains": ["beauty", "sports", "pantry", "toys"]}}
+    yaml_path = write_tiny_yaml(tmp_path, learned=TINY["learned"][:1], data=data)
     out = tmp_path / "out"
     run = _launch("simulate", "--experiment", str(yaml_path), "--output", str(out),
                   "--flwr-home", str(tmp_path / "home"), "-c", "fault=sports:train",
-                  "-c", "min-silos=2", "-c", f"work-dir={tmp_path / 'silos'}")
+                  "-c", "min-silos=2", "-c", "eval-only=toys", "-c", f"work-dir={tmp_path / 'silos'}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     [failure] = report["failures"]
     assert failure["silo"] == "sports" and failure["stage"] == "train"
     assert "injected fault in silo sports during train" in failure["reason"]
     assert "fine-tuned on sports" not in report["results"] and "ties" in report["results"]
+    assert report["silos"]["toys"] == {"role": "eval", "trained": False, "evaluated": True}
+    merged = report["results"]["mergerec task-wise"]
+    assert merged["average unseen"] == merged["toys"]
+    assert set(report["ledger"]["toys"]["messages"]) == {"query.info", "evaluate"}
+    assert all(len(w) == 2 for w in report["learned_weights"]["mergerec task-wise"].values())
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +177,12 @@ def _cmdline(proc: Path) -> str:
 
 @pytest.mark.slow
 def test_deployment_rerun_reuses_training_and_survives_a_vanishing_silo(deployment):
-    tmp, yaml_path, work, first = deployment
-    out = tmp / "rerun"
+    tmp, _, work, first = deployment
+    (tmp / "rerun").mkdir()
+    # same training config (so the kept checkpoints apply), short waits for the dead silo
+    yaml_path = write_tiny_yaml(tmp / "rerun", federation={"query_timeout_s": 30.0,
+                                                           "eval_timeout_s": 120.0})
+    out = tmp / "rerun" / "out"
     run = _launch("deploy", "--experiment", str(yaml_path), "--output", str(out),
                   "--work", str(work), "--kill-silo-after-train", "pantry", "-c", "min-silos=2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
