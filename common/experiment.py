@@ -12,6 +12,7 @@ from .distill import DistillConfig, LossConfig, PseudoUserConfig
 from .evaluation import EvalConfig
 from .merging import MergeConfig
 from .model import ModelConfig
+from .privacy import DPConfig
 from .training import TrainConfig
 
 
@@ -145,7 +146,8 @@ def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
     ``experiment`` names a YAML PipelineConfig (relative paths resolve against ``root``, data
     source paths against ``data-dir``; empty: the embedded synthetic default); the flat keys ``seed``, ``output-dir``,
     ``catalogue``, ``min-silos`` (0: all), ``eval-only`` (comma-separated), ``query-budget``
-    (0: unlimited), ``progress`` override it.
+    (0: unlimited), ``dp-epsilon`` (user-level DP-SGD in every silo; 0: off), ``progress``
+    override it.
     """
     exp = str(values.get("experiment", "") or "")
     cfg = load_yaml(PipelineConfig, _under(root, exp)) if exp else PipelineConfig()
@@ -166,6 +168,8 @@ def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
         fed.eval_only = [s.strip() for s in str(values["eval-only"]).split(",") if s.strip()]
     if int(values.get("query-budget", 0) or 0) > 0:  # type: ignore[call-overload]
         fed.query_budget = int(values["query-budget"])  # type: ignore[call-overload]
+    if float(values.get("dp-epsilon", 0) or 0) > 0:  # type: ignore[arg-type]
+        cfg.train.dp = DPConfig(epsilon=float(values["dp-epsilon"]))  # type: ignore[arg-type]
     if "progress" in values:  # progress bars (off in Flower logs by default)
         cfg.train.progress = bool(values["progress"])
         for spec in cfg.learned:

@@ -188,8 +188,11 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
         models[label] = stages.run(f"merge {label}",
                                    lambda m=mcfg: build_merge(m, base, states).merged(base))
 
+    require_dp = cfg.train.dp is not None and cfg.train.dp.epsilon is not None
+
     def ask(seqs: dict[str, list[list[int]]], topk: int | None) -> dict[str, TeacherSignal]:
-        return _ask_silos(session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s)
+        return _ask_silos(session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
+                          require_dp)
 
     learned_weights: dict[str, dict[str, list[float]]] = {}
     pseudo_cache: dict[str, list[DomainPseudoData]] = {}
@@ -238,15 +241,15 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
 
 
 def _ask_silos(session: _Session, seqs: dict[str, list[list[int]]], topk: int | None,
-               max_rows: int, timeout: float) -> dict[str, TeacherSignal]:
+               max_rows: int, timeout: float, require_dp: bool) -> dict[str, TeacherSignal]:
     """Teacher answers for every domain's pseudo-users, in as few batched rounds as possible."""
     got: dict[str, list[TeacherSignal]] = {n: [] for n in seqs}
     rounds = max((len(s) + max_rows - 1) // max_rows for s in seqs.values()) if seqs else 0
     for r in range(rounds):
         chunk = {n: s[r * max_rows:(r + 1) * max_rows] for n, s in seqs.items() if n in got}
         chunk = {n: c for n, c in chunk.items() if c}
-        replies = session.exchange("query", QUERY, {n: encode_query(c, topk) for n, c in chunk.items()},
-                                   timeout)
+        requests = {n: encode_query(c, topk, require_dp) for n, c in chunk.items()}
+        replies = session.exchange("query", QUERY, requests, timeout)
         for n in chunk:
             if n not in replies:
                 got.pop(n, None)

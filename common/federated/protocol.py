@@ -194,8 +194,10 @@ def decode_sequences(arr: np.ndarray, num_items: int) -> list[list[int]]:
     return [row[:n].tolist() for row, n in zip(arr, lengths)]
 
 
-def encode_query(seqs: list[list[int]], topk: int | None) -> Payload:
-    return Payload({"sequences": encode_sequences(seqs)}, {"topk": int(topk or 0)})
+def encode_query(seqs: list[list[int]], topk: int | None, require_dp: bool = False) -> Payload:
+    """``require_dp``: the run asks for DP; a silo whose model is not DP-trained refuses."""
+    return Payload({"sequences": encode_sequences(seqs)},
+                   {"topk": int(topk or 0), "require-dp": require_dp})
 
 
 def encode_answer(signal: TeacherSignal, silo: str) -> Payload:

@@ -89,7 +89,7 @@ class Silo:
                                         ckpt_dir)
         path = checkpoint_path(ckpt_dir, req.base, req.run.model, req.train, [self.domain])
         self._write_run(run_id, {"checkpoint": str(path), "run": json.loads(str(request.config["run"])),
-                                 "queries": 0})
+                                 "queries": 0, "dp_epsilon": stats.get("dp_epsilon")})
         reply = TrainReply(state, state_hash(req.base), {**stats, "num-examples": float(
             sum(len(s) for s in self.domain.train))})
         if req.catalogue == "text":
@@ -112,6 +112,9 @@ class Silo:
         topk = request.config.get("topk", 0)
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 0:
             raise QueryRefused(f"topk must be a non-negative integer, got {topk!r}")
+        if request.config.get("require-dp") and record.get("dp_epsilon") is None:
+            raise QueryRefused(f"silo {self.cfg.name}: the run asks for DP but this silo's model "
+                               "was not trained with DP; it answers no queries")
         used = int(record["queries"])
         budget = self.cfg.query_budget
         if budget is not None and used + len(seqs) > budget:

@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..config import to_dict
 from ..data import Domain
 from ..model import ModelConfig, model_from_state, state_hash
+from ..text.cache import atomic_save_safetensors
+from .dp_sgd import dp_fine_tune
 from .finetune import TrainConfig, fine_tune
 
 StateDict = dict[str, torch.Tensor]
@@ -40,17 +43,26 @@ def fine_tune_cached(base: StateDict, model_cfg: ModelConfig, domains: list[Doma
                      checkpoint_dir: str | Path | None = None) -> tuple[StateDict, dict[str, object]]:
     """Fine-tune from θ₀ (one domain = a silo; several = joint training).
 
-    With ``checkpoint_dir`` the best weights are kept at :func:`checkpoint_path` and reused by a
-    rerun with the same θ₀, configs and data instead of retraining.
+    With ``checkpoint_dir`` the best weights are kept at :func:`checkpoint_path` (training stats,
+    ε included, in its metadata) and reused by a rerun with the same θ₀, configs and data.
+    A ``train_cfg.dp`` with an ``epsilon`` trains with user-level DP-SGD.
     """
     path = None
     if checkpoint_dir is not None:
         path = checkpoint_path(checkpoint_dir, base, model_cfg, train_cfg, domains)
         if path.is_file():
-            return load_file(str(path)), {"reused_checkpoint": 1.0}
+            with safe_open(str(path), "pt") as f:
+                kept = {k: float(v) for k, v in (f.metadata() or {}).items()}
+            return load_file(str(path)), {**kept, "reused_checkpoint": 1.0}
     model = model_from_state(model_cfg, base)
-    result = fine_tune(model, domains, features, train_cfg, path)
+    if train_cfg.dp is not None and train_cfg.dp.epsilon is not None:
+        if len(domains) != 1:
+            raise ValueError("DP fine-tuning is per silo: give exactly one domain")
+        result = dp_fine_tune(model, domains[0], features[0], train_cfg)
+    else:
+        result = fine_tune(model, domains, features, train_cfg)
     stats = {"best_epoch": float(result.best_epoch), "best_val_ndcg@10": result.best_val_ndcg10,
-             "epochs_run": float(len(result.history) - 1), "seconds": result.seconds,
-             "reused_checkpoint": 0.0}
-    return result.state_dict, stats
+             "epochs_run": float(len(result.history) - 1), **result.privacy}
+    if path is not None:  # the stats travel with the weights, so a reuse reports them too
+        atomic_save_safetensors(result.state_dict, path, metadata={k: repr(v) for k, v in stats.items()})
+    return result.state_dict, {**stats, "seconds": result.seconds, "reused_checkpoint": 0.0}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,14 +13,15 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import TextSeqRec, position_histories
+from ..privacy.accountant import DPConfig
 from ..runtime import use_bf16
-from ..text.cache import atomic_save_safetensors
 from .batching import bucketed_batches, training_sequences
 
 
 @dataclass
 class TrainConfig:
-    """Fine-tuning hyper-parameters."""
+    """Fine-tuning hyper-parameters; ``dp`` with an ``epsilon`` switches to user-level DP-SGD
+    (:func:`common.training.dp_sgd.dp_fine_tune`)."""
 
     epochs: int = 30
     batch_size: int = 256
@@ -33,6 +33,7 @@ class TrainConfig:
     bf16: bool = True
     seed: int = 0
     progress: bool = True
+    dp: DPConfig | None = None
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrainResult:
     best_val_ndcg10: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    privacy: dict[str, float] = field(default_factory=dict)
 
 
 def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch, temperature: float
@@ -56,7 +58,7 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch, temperature
 
 
 def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Tensor],
-              cfg: TrainConfig, checkpoint: str | Path | None = None) -> TrainResult:
+              cfg: TrainConfig) -> TrainResult:
     """Train ``model`` in place on one domain (a silo) or several pooled (joint training).
 
     Every epoch ends with a validation pass (mean NDCG@10 over ``domains``); training stops
@@ -106,7 +108,4 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
         elif epoch - best_epoch >= cfg.patience:
             break
     model.load_state_dict(best_state)
-    if checkpoint is not None:
-        atomic_save_safetensors(best_state, Path(checkpoint),
-                                metadata={"best_epoch": str(best_epoch), "val_ndcg10": f"{best_val:.6f}"})
     return TrainResult(best_state, best_epoch, best_val, history, time.perf_counter() - start)
