@@ -12,7 +12,7 @@ from .distill import DistillConfig, LossConfig, PseudoUserConfig
 from .evaluation import EvalConfig
 from .merging import MergeConfig
 from .model import ModelConfig
-from .privacy import DPConfig
+from .privacy import DPConfig, hold_out_users
 from .training import TrainConfig
 
 
@@ -27,11 +27,17 @@ class DomainSource:
 
 @dataclass
 class DataConfig:
-    """The domains of a run: real sources, or the synthetic generator when ``sources`` is empty."""
+    """The domains of a run: real sources, or the synthetic generator when ``sources`` is empty.
+
+    ``holdout_fraction`` > 0 keeps that share of each domain's users out of the run entirely
+    (the silo never sees them): the non-members of the membership-inference experiment.
+    """
 
     sources: list[DomainSource] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     cache_dir: str = ".cache"
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 0
 
     def domain_names(self) -> list[str]:
         """Names of the configured domains, in order (partition ``i`` in simulation)."""
@@ -115,15 +121,18 @@ class PipelineConfig:
 
 def load_domain(cfg: DataConfig, name: str) -> Domain:
     """Load one configured domain by name (a synthetic one is generated with its siblings)."""
-    if not cfg.sources:
-        for d in make_synthetic_domains(cfg.synthetic):
-            if d.name == name:
-                return d
-        raise KeyError(f"no synthetic domain '{name}' (have {cfg.domain_names()})")
-    for src in cfg.sources:
-        if src.name == name:
-            return load_source(src, cfg.cache_dir)
+    for domain in ([d for d in make_synthetic_domains(cfg.synthetic) if d.name == name]
+                   if not cfg.sources else
+                   [load_source(s, cfg.cache_dir) for s in cfg.sources if s.name == name]):
+        return split_holdout(cfg, domain)[0]
     raise KeyError(f"no domain '{name}' in the data config (have {cfg.domain_names()})")
+
+
+def split_holdout(cfg: DataConfig, domain: Domain) -> tuple[Domain, Domain | None]:
+    """(the users a run may use, the held-out users or ``None``)."""
+    if cfg.holdout_fraction <= 0:
+        return domain, None
+    return hold_out_users(domain, cfg.holdout_fraction, cfg.holdout_seed)
 
 
 def load_source(src: DomainSource, cache_dir: str | Path) -> Domain:
@@ -135,19 +144,19 @@ def load_source(src: DomainSource, cache_dir: str | Path) -> Domain:
 
 def load_domains(cfg: DataConfig) -> list[Domain]:
     """Load the configured domains (or generate the synthetic ones)."""
-    if not cfg.sources:
-        return make_synthetic_domains(cfg.synthetic)
-    return [load_source(src, cfg.cache_dir) for src in cfg.sources]
+    full = make_synthetic_domains(cfg.synthetic) if not cfg.sources else \
+        [load_source(src, cfg.cache_dir) for src in cfg.sources]
+    return [split_holdout(cfg, d)[0] for d in full]
 
 
 def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
     """The run's :class:`PipelineConfig` from a Flower run config.
 
     ``experiment`` names a YAML PipelineConfig (relative paths resolve against ``root``, data
-    source paths against ``data-dir``; empty: the embedded synthetic default); the flat keys ``seed``, ``output-dir``,
-    ``catalogue``, ``min-silos`` (0: all), ``eval-only`` (comma-separated), ``query-budget``
-    (0: unlimited), ``dp-epsilon`` (user-level DP-SGD in every silo; 0: off), ``progress``
-    override it.
+    source paths against ``data-dir``; empty: the embedded synthetic default). The flat keys
+    override it where set: ``seed`` (-1: keep), ``output-dir``, ``catalogue`` (empty: keep),
+    ``min-silos`` (0: keep), ``eval-only`` (comma-separated), ``query-budget`` (0: keep),
+    ``dp-epsilon`` (user-level DP-SGD in every silo; 0: keep), ``progress``.
     """
     exp = str(values.get("experiment", "") or "")
     cfg = load_yaml(PipelineConfig, _under(root, exp)) if exp else PipelineConfig()
@@ -155,7 +164,7 @@ def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
     for src in cfg.data.sources:
         src.path = _under(data_root, src.path)
     cfg.data.cache_dir = _under(root, cfg.data.cache_dir)
-    if "seed" in values:
+    if int(values.get("seed", -1)) >= 0:  # type: ignore[call-overload]
         cfg.seed = int(values["seed"])  # type: ignore[call-overload]
     if values.get("output-dir"):
         cfg.output_dir = _under(root, str(values["output-dir"]))

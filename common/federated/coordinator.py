@@ -294,11 +294,17 @@ def assemble_results(per_silo: dict[str, dict[str, dict[str, float]]], seen: lis
 
 def write_outputs(report: dict[str, object], ledger: Ledger, models: dict[str, StateDict],
                   learned: list[str], out_dir: Path, base_hash: str) -> None:
-    """Merged models (safetensors), learned weights, ledger and report, each written
-    atomically; ``report.json`` last, so its presence means the run completed."""
+    """Merged models and the silos' received weights (safetensors), learned weights, ledger and
+    report, each written atomically; ``report.json`` last, so its presence means the run
+    completed."""
     for label in learned:
         atomic_save_safetensors(models[label], out_dir / "merged" / f"{safe_name(label)}.safetensors",
                                 metadata={"base_hash": base_hash, "method": label})
+    for label, state in models.items():  # what the coordinator received from each silo
+        if label.startswith("fine-tuned on "):
+            silo = label[len("fine-tuned on "):]
+            atomic_save_safetensors(state, out_dir / "received" / f"{safe_name(silo)}.safetensors",
+                                    metadata={"base_hash": base_hash, "silo": silo})
     atomic_write_text(out_dir / "learned_weights.json",
                       json.dumps(report["learned_weights"], indent=2))
     atomic_write_text(out_dir / "ledger.json",

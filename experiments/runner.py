@@ -1,0 +1,336 @@
+"""``mergerec-experiment``: run a named experiment (a YAML file) over settings × seeds, then
+write a results folder with tables (mean ± std over seeds) and PNG plots.
+
+    mergerec-experiment experiments/configs/dp.yaml [--mode simulation|in-process] [--report-only]
+
+An experiment YAML::
+
+    name: dp                          # results/<name>/
+    base: amazon3.yaml                # PipelineConfig YAML, relative to this file (null: synthetic)
+    data_dir: ../../../shared/data/amazon   # base of the data source paths (relative to this file)
+    seeds: [0, 1, 2]
+    common: {joint: false}            # deep-merged into the base for every setting
+    settings:
+      - {label: "ε=∞"}
+      - {label: "ε=8", set: {train: {dp: {epsilon: 8}}}, epsilon: 8}
+    attack: true                      # membership inference per silo (needs data.holdout_fraction)
+    headline: mergerec task-wise      # the method the summary and plots follow
+
+Each (setting, seed) run writes ``runs/<setting>/seed<k>/`` (report.json, ledger, weights);
+a finished run is never re-run, so an interrupted experiment resumes, and ``--report-only``
+rebuilds the tables and plots from what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import load_file
+
+from common.config import ConfigError, from_dict, to_dict
+from common.experiment import PipelineConfig, load_source, split_holdout
+from common.data import make_synthetic_domains
+from common.model import ModelConfig, build_base_model
+from common.pipeline import run_pipeline
+from common.privacy import attack_metrics, membership_scores
+from common.report import atomic_write_text
+from common.text import center_features, item_features, make_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Setting:
+    """One column of an experiment: a label, the config changes, and (for DP) its ε."""
+
+    label: str
+    set: dict[str, Any] = field(default_factory=dict)
+    epsilon: float | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    settings: list[Setting]
+    base: str | None = None
+    data_dir: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    common: dict[str, Any] = field(default_factory=dict)
+    attack: bool = False
+    headline: str = "mergerec task-wise"
+
+
+def deep_merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in, nested mappings merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and \
+            isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def load_experiment(path: Path) -> tuple[ExperimentConfig, dict]:
+    """The experiment and its base PipelineConfig as a raw mapping (paths resolved)."""
+    try:
+        exp = from_dict(ExperimentConfig, yaml.safe_load(path.read_text()), str(path))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    base: dict = {}
+    if exp.base:
+        base = yaml.safe_load((path.parent / exp.base).read_text()) or {}
+    if exp.data_dir:
+        for src in base.get("data", {}).get("sources", []):
+            src["path"] = str((path.parent / exp.data_dir / src["path"]).resolve())
+    labels = [s.label for s in exp.settings]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{path}: setting labels must be unique, got {labels}")
+    return exp, base
+
+
+def run_dir(out: Path, setting: Setting, seed: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in setting.label)
+    return out / "runs" / safe / f"seed{seed}"
+
+
+def run_one(raw: dict, folder: Path, mode: str) -> dict:
+    """One (setting, seed) run, in-process or through the Flower simulation."""
+    cfg = from_dict(PipelineConfig, {**raw, "output_dir": str(folder)})
+    if mode == "in-process":
+        return run_pipeline(cfg)
+    experiment = folder / "experiment.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    experiment.write_text(json.dumps(to_dict(cfg)))
+    run = subprocess.run([sys.executable, "-m", "coordinator.launch", "simulate", "--experiment",
+                          str(experiment), "--output", str(folder), "--flwr-home",
+                          str(folder / "flwr-home"), "-c", f"work-dir={folder / 'silos'}"],
+                         cwd=ROOT, capture_output=True, text=True)
+    (folder / "simulation.log").write_text(run.stdout + run.stderr)
+    if run.returncode != 0:
+        raise RuntimeError(f"simulation failed, see {folder / 'simulation.log'}")
+    return json.loads((folder / "report.json").read_text())
+
+
+def leakage(raw: dict, folder: Path, report: dict) -> dict[str, dict[str, float]]:
+    """Membership inference against each silo with the weights the coordinator received."""
+    cfg = from_dict(PipelineConfig, raw)
+    if cfg.data.holdout_fraction <= 0:
+        raise ConfigError("attack: true needs data.holdout_fraction > 0 (users the silo never saw)")
+    full = make_synthetic_domains(cfg.data.synthetic) if not cfg.data.sources else \
+        [load_source(s, cfg.data.cache_dir) for s in cfg.data.sources]
+    encoder = make_encoder(cfg.encoder)
+    model_cfg = ModelConfig(**{**to_dict(cfg.model), "text_dim": encoder.dim})
+    base = build_base_model(model_cfg, cfg.seed).state_dict()  # θ₀ as the coordinator built it
+    out = {}
+    for domain in full:
+        received = folder / "received" / f"{domain.name}.safetensors"
+        if not received.is_file():
+            continue
+        members, held_out = split_holdout(cfg.data, domain)
+        feats = item_features(domain, encoder, Path(cfg.data.cache_dir) / "features")
+        feats = center_features(feats) if cfg.center_features else feats
+        state = load_file(str(received))
+        out[domain.name] = attack_metrics(
+            membership_scores(state, base, model_cfg, members, feats),
+            membership_scores(state, base, model_cfg, held_out, feats))
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _avg(report: dict, method: str, metric: str) -> float | None:
+    row = report["results"].get(method, {})
+    return row.get("average", {}).get(metric)
+
+
+def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[str, dict]:
+    """Markdown report and a JSON summary, mean ± std over seeds."""
+    lines = [f"# Experiment `{exp.name}`", "",
+             f"Seeds: {exp.seeds}. Headline method: **{exp.headline}**. Metrics: test split, full "
+             "ranking over each domain's catalogue, averaged over the seen domains.", ""]
+    head = ["| setting | ε (nominal, spent by the silos) | " + exp.headline + " avg R@10 | avg N@10 | in-domain R@10 | "
+            "best training-free R@10 | bytes per silo | queries per silo | attack AUC | "
+            "attack adv. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    summary: dict[str, dict[str, Any]] = {}
+    for setting in exp.settings:
+        reps = list(runs.get(setting.label, {}).values())
+        if not reps:
+            continue
+        col = lambda fn: [v for v in (fn(r) for r in reps) if v is not None]  # noqa: E731
+        free = [m for m in reps[0]["results"] if m in ("average", "task arithmetic", "ties", "dare",
+                                                       "pcb", "localize stitch")]
+        eps = col(lambda r: statistics.mean(t["dp_epsilon"] for t in r["training"].values()
+                                            if "dp_epsilon" in t) if any(
+            "dp_epsilon" in t for t in r["training"].values()) else None)
+        led = lambda r, key: statistics.mean(v[key] for v in r["ledger"].values())  # noqa: E731
+        auc = col(lambda r: statistics.mean(a["auc"] for a in r["attack"].values())
+                  if r.get("attack") else None)
+        adv = col(lambda r: statistics.mean(a["advantage"] for a in r["attack"].values())
+                  if r.get("attack") else None)
+        row = {
+            "headline_recall@10": col(lambda r: _avg(r, exp.headline, "recall@10")),
+            "headline_ndcg@10": col(lambda r: _avg(r, exp.headline, "ndcg@10")),
+            "in_domain_recall@10": col(lambda r: _avg(r, "in-domain fine-tuned", "recall@10")),
+            "best_free_recall@10": col(lambda r: max((_avg(r, m, "recall@10") or 0) for m in free)
+                                       if free else None),
+            "bytes": col(lambda r: led(r, "bytes")), "queries": col(lambda r: led(r, "queries")),
+            "epsilon": eps, "attack_auc": auc, "attack_advantage": adv,
+        }
+        summary[setting.label] = row
+        eps_cell = "∞" if not eps else f"{statistics.mean(eps):.2f}"
+        if setting.epsilon is not None:
+            eps_cell = f"{setting.epsilon:g} (spent {eps_cell})"
+        head.append(f"| {setting.label} | {eps_cell} | {mean_std(row['headline_recall@10'])} | "
+                    f"{mean_std(row['headline_ndcg@10'])} | {mean_std(row['in_domain_recall@10'])} | "
+                    f"{mean_std(row['best_free_recall@10'])} | "
+                    f"{statistics.mean(row['bytes']) / 1e6:.2f} MB | {statistics.mean(row['queries']):.0f} | "
+                    f"{mean_std(auc)} | {mean_std(adv)} |")
+    lines += head + ["", "## Every method (average over seen domains, R@10 / N@10)", ""]
+    methods = list(next(iter(next(iter(runs.values())).values()))["results"])
+    lines += ["| method | " + " | ".join(s.label for s in exp.settings if s.label in runs) + " |",
+              "|---|" + "---:|" * len(runs)]
+    for m in methods:
+        cells = [mean_std([v for v in (_avg(r, m, "recall@10") for r in runs[s.label].values())
+                           if v is not None]) for s in exp.settings if s.label in runs]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    first = next(iter(next(iter(runs.values())).values()))
+    lines += ["", "Protocol: " + json.dumps(first["protocol"], default=str)]
+    return "\n".join(lines) + "\n", summary
+
+
+def plot(exp: ExperimentConfig, runs: dict[str, dict[int, dict]], summary: dict, out: Path) -> list[str]:
+    """Setting curve (utility with attack AUC), per-domain bars, learned-weights heatmap."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    labels = [s.label for s in exp.settings if s.label in summary]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(labels)), 3.6))
+    series = [summary[label]["headline_recall@10"] for label in labels]
+    means = [statistics.mean(v) if v else float("nan") for v in series]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in series]
+    ax.errorbar(labels, means, yerr=stds, marker="o", capsize=3, label=f"{exp.headline} R@10")
+    ax.set_ylabel("avg Recall@10")
+    ax.set_xlabel("setting")
+    if any(summary[label]["attack_auc"] for label in labels):
+        ax2 = ax.twinx()
+        ax2.plot(labels, [statistics.mean(summary[label]["attack_auc"])
+                          if summary[label]["attack_auc"] else float("nan") for label in labels],
+                 "s--", color="tab:red", label="attack AUC")
+        ax2.axhline(0.5, color="tab:red", lw=0.5)
+        ax2.set_ylabel("membership attack AUC")
+    ax.set_title(f"{exp.name}: utility per setting")
+    fig.tight_layout()
+    fig.savefig(out / "settings.png", dpi=120)
+    plt.close(fig)
+    made.append("settings.png")
+
+    first = next(iter(runs[labels[0]].values()))
+    domains = [d for d in first["results"]["in-domain fine-tuned"] if not d.startswith("average")]
+    methods = [m for m in ("zero-shot base θ₀", "in-domain fine-tuned", "average", "ties",
+                           exp.headline) if m in first["results"]]
+    fig, ax = plt.subplots(figsize=(1.6 * len(domains) + 2, 3.6))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        vals = [statistics.mean(r["results"][m][d]["recall@10"] for r in runs[labels[0]].values()
+                                if d in r["results"][m]) for d in domains]
+        ax.bar([j + i * width for j in range(len(domains))], vals, width, label=m)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(domains))], domains)
+    ax.set_ylabel("Recall@10")
+    ax.set_title(f"per domain ({labels[0]})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "per_domain.png", dpi=120)
+    plt.close(fig)
+    made.append("per_domain.png")
+
+    weights = first.get("learned_weights", {})
+    layered = next((w for w in weights.values() if len(w) > 1), None)
+    if layered:
+        groups = list(layered)
+        matrix = [[layered[g][k] for g in groups] for k in range(len(layered[groups[0]]))]
+        fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 2, 0.6 * len(matrix) + 1.5))
+        im = ax.imshow(matrix, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(matrix)), [d for d in domains][:len(matrix)])
+        fig.colorbar(im, ax=ax, label="merging weight")
+        ax.set_title("learned merging weights (domain × layer)")
+        fig.tight_layout()
+        fig.savefig(out / "weights_heatmap.png", dpi=120)
+        plt.close(fig)
+        made.append("weights_heatmap.png")
+    return made
+
+
+def run_experiment(path: Path, mode: str = "simulation", report_only: bool = False,
+                   output: Path | None = None) -> Path:
+    """Run (or resume) every setting × seed, then write the report; returns the results folder."""
+    exp, base = load_experiment(path)
+    out = output or ROOT / "results" / exp.name
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, dict[int, dict]] = {}
+    todo = [(s, k) for s in exp.settings for k in exp.seeds]
+    for i, (setting, seed) in enumerate(todo, 1):
+        folder = run_dir(out, setting, seed)
+        raw = deep_merge(deep_merge(base, exp.common), setting.set)
+        raw["seed"] = seed
+        done = folder / "run.json"
+        if done.is_file():
+            runs.setdefault(setting.label, {})[seed] = json.loads(done.read_text())
+            continue
+        if report_only:
+            continue
+        print(f"[{i}/{len(todo)}] {exp.name}: {setting.label}, seed {seed} ({mode})", flush=True)
+        report = run_one(raw, folder, mode)
+        if exp.attack:
+            report["attack"] = leakage(raw, folder, report)
+        atomic_write_text(done, json.dumps(report, default=str))
+        runs.setdefault(setting.label, {})[seed] = report
+    if not runs:
+        raise SystemExit(f"no finished runs in {out}")
+    atomic_write_text(out / "experiment.json", json.dumps({"experiment": to_dict(exp), "base": base},
+                                                           indent=2, default=str))
+    markdown, summary = summarize(exp, runs)
+    plots = plot(exp, runs, summary, out)
+    markdown += "\nPlots: " + ", ".join(plots) + "\n"
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    print(markdown)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mergerec-experiment", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", help="experiment YAML")
+    parser.add_argument("--mode", choices=["simulation", "in-process"], default="simulation")
+    parser.add_argument("--output", help="results folder (default results/<name>)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild tables and plots from finished runs")
+    args = parser.parse_args(argv)
+    try:
+        run_experiment(Path(args.experiment), args.mode, args.report_only,
+                       Path(args.output) if args.output else None)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
