@@ -157,57 +157,61 @@ def _avg(report: dict, method: str, metric: str) -> float | None:
     return row.get("average", {}).get(metric)
 
 
+TRAINING_FREE = ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch")
+
+
+def run_stats(report: dict, headline: str) -> dict[str, float | None]:
+    """The numbers one run contributes to the summary (``None`` where not applicable)."""
+    spent = [t["dp_epsilon"] for t in report["training"].values() if "dp_epsilon" in t]
+    attack = list(report.get("attack", {}).values())
+    free = [v for v in (_avg(report, m, "recall@10") for m in TRAINING_FREE) if v is not None]
+    ledger = list(report["ledger"].values())
+    return {
+        "headline_recall@10": _avg(report, headline, "recall@10"),
+        "headline_ndcg@10": _avg(report, headline, "ndcg@10"),
+        "in_domain_recall@10": _avg(report, "in-domain fine-tuned", "recall@10"),
+        "best_free_recall@10": max(free) if free else None,
+        "bytes": statistics.mean(v["bytes"] for v in ledger),
+        "queries": statistics.mean(v["queries"] for v in ledger),
+        "epsilon": statistics.mean(spent) if spent else None,
+        "attack_auc": statistics.mean(a["auc"] for a in attack) if attack else None,
+        "attack_advantage": statistics.mean(a["advantage"] for a in attack) if attack else None,
+    }
+
+
 def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[str, dict]:
-    """Markdown report and a JSON summary, mean ± std over seeds."""
+    """Markdown report and a JSON summary (per setting: each statistic over seeds)."""
     lines = [f"# Experiment `{exp.name}`", "",
              f"Seeds: {exp.seeds}. Headline method: **{exp.headline}**. Metrics: test split, full "
-             "ranking over each domain's catalogue, averaged over the seen domains.", ""]
-    head = ["| setting | ε (nominal, spent by the silos) | " + exp.headline + " avg R@10 | avg N@10 | in-domain R@10 | "
-            "best training-free R@10 | bytes per silo | queries per silo | attack AUC | "
-            "attack adv. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    summary: dict[str, dict[str, Any]] = {}
+             "ranking over each domain's catalogue, averaged over the seen domains; mean ± std "
+             "over seeds.", "",
+             f"| setting | ε (nominal, spent by the silos) | {exp.headline} avg R@10 | avg N@10 | "
+             "in-domain R@10 | best training-free R@10 | bytes per silo | queries per silo | "
+             "attack AUC | attack adv. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    summary: dict[str, dict[str, list[float]]] = {}
     for setting in exp.settings:
-        reps = list(runs.get(setting.label, {}).values())
-        if not reps:
+        stats = [run_stats(r, exp.headline) for r in runs.get(setting.label, {}).values()]
+        if not stats:
             continue
-        col = lambda fn: [v for v in (fn(r) for r in reps) if v is not None]  # noqa: E731
-        free = [m for m in reps[0]["results"] if m in ("average", "task arithmetic", "ties", "dare",
-                                                       "pcb", "localize stitch")]
-        eps = col(lambda r: statistics.mean(t["dp_epsilon"] for t in r["training"].values()
-                                            if "dp_epsilon" in t) if any(
-            "dp_epsilon" in t for t in r["training"].values()) else None)
-        led = lambda r, key: statistics.mean(v[key] for v in r["ledger"].values())  # noqa: E731
-        auc = col(lambda r: statistics.mean(a["auc"] for a in r["attack"].values())
-                  if r.get("attack") else None)
-        adv = col(lambda r: statistics.mean(a["advantage"] for a in r["attack"].values())
-                  if r.get("attack") else None)
-        row = {
-            "headline_recall@10": col(lambda r: _avg(r, exp.headline, "recall@10")),
-            "headline_ndcg@10": col(lambda r: _avg(r, exp.headline, "ndcg@10")),
-            "in_domain_recall@10": col(lambda r: _avg(r, "in-domain fine-tuned", "recall@10")),
-            "best_free_recall@10": col(lambda r: max((_avg(r, m, "recall@10") or 0) for m in free)
-                                       if free else None),
-            "bytes": col(lambda r: led(r, "bytes")), "queries": col(lambda r: led(r, "queries")),
-            "epsilon": eps, "attack_auc": auc, "attack_advantage": adv,
-        }
-        summary[setting.label] = row
-        eps_cell = "∞" if not eps else f"{statistics.mean(eps):.2f}"
+        row = {k: [s[k] for s in stats if s[k] is not None] for k in stats[0]}
+        summary[setting.label] = row  # type: ignore[assignment]
+        eps = "∞" if not row["epsilon"] else f"{statistics.mean(row['epsilon']):.2f}"
         if setting.epsilon is not None:
-            eps_cell = f"{setting.epsilon:g} (spent {eps_cell})"
-        head.append(f"| {setting.label} | {eps_cell} | {mean_std(row['headline_recall@10'])} | "
-                    f"{mean_std(row['headline_ndcg@10'])} | {mean_std(row['in_domain_recall@10'])} | "
-                    f"{mean_std(row['best_free_recall@10'])} | "
-                    f"{statistics.mean(row['bytes']) / 1e6:.2f} MB | {statistics.mean(row['queries']):.0f} | "
-                    f"{mean_std(auc)} | {mean_std(adv)} |")
-    lines += head + ["", "## Every method (average over seen domains, R@10 / N@10)", ""]
-    methods = list(next(iter(next(iter(runs.values())).values()))["results"])
-    lines += ["| method | " + " | ".join(s.label for s in exp.settings if s.label in runs) + " |",
-              "|---|" + "---:|" * len(runs)]
-    for m in methods:
-        cells = [mean_std([v for v in (_avg(r, m, "recall@10") for r in runs[s.label].values())
-                           if v is not None]) for s in exp.settings if s.label in runs]
+            eps = f"{setting.epsilon:g} (spent {eps})"
+        cells = [mean_std(row[k]) for k in ("headline_recall@10", "headline_ndcg@10",
+                                            "in_domain_recall@10", "best_free_recall@10")]
+        lines.append(f"| {setting.label} | {eps} | " + " | ".join(cells) +
+                     f" | {statistics.mean(row['bytes']) / 1e6:.2f} MB | "
+                     f"{statistics.mean(row['queries']):.0f} | {mean_std(row['attack_auc'])} | "
+                     f"{mean_std(row['attack_advantage'])} |")
+    labels = [s.label for s in exp.settings if s.label in runs]
+    first = next(iter(runs[labels[0]].values()))
+    lines += ["", "## Every method (average Recall@10 over seen domains)", "",
+              "| method | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for m in first["results"]:
+        cells = [mean_std([v for v in (_avg(r, m, "recall@10") for r in runs[label].values())
+                           if v is not None]) for label in labels]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    first = next(iter(next(iter(runs.values())).values()))
     lines += ["", "Protocol: " + json.dumps(first["protocol"], default=str)]
     return "\n".join(lines) + "\n", summary
 

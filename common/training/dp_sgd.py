@@ -2,8 +2,8 @@
 
 Every user contributes one training row (its last ``max_len + 1`` items, next-item targets at
 every position), so clipping each row's gradient bounds each user's influence. Users are
-Poisson-sampled with rate ``batch_size / users``; per-user gradients (loss averaged over the
-user's positions) are clipped to ``clip_norm``, summed, and Gaussian noise with standard
+Poisson-sampled with rate ``batch_size / users``; per-user gradients (one backward per sampled
+user, loss averaged over the user's positions) are clipped to ``clip_norm``, summed, and Gaussian noise with standard
 deviation ``noise_multiplier · clip_norm`` is added before dividing by the expected batch size.
 AdamW then post-processes the noisy gradient. There is no early stopping: choosing an epoch by
 validation on private data would spend privacy outside the accountant; the final weights are
@@ -26,16 +26,13 @@ from .batching import make_batch, training_sequences
 from .finetune import TrainConfig, TrainResult
 
 
-def _per_user_losses(model: TextSeqRec, feats: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
-    batch = make_batch(0, rows, model.cfg.max_len)
-    item_emb = model.encode_items(feats)
+def _user_loss(model: TextSeqRec, item_emb: torch.Tensor, row: list[int]) -> torch.Tensor:
+    """Mean next-item loss over the positions of one user's row."""
+    batch = make_batch(0, [row], model.cfg.max_len)
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths)
     history = position_histories(batch.seqs, batch.mask, len(item_emb))
     logits = model.score(states[batch.mask], item_emb, history) / model.cfg.temperature
-    per_position = F.cross_entropy(logits.float(), batch.targets[batch.mask], reduction="none")
-    owner = torch.arange(len(rows))[:, None].expand_as(batch.mask)[batch.mask]
-    sums = torch.zeros(len(rows)).index_add(0, owner, per_position)
-    return sums / batch.lengths.clamp(min=1).float()
+    return F.cross_entropy(logits.float(), batch.targets[batch.mask])
 
 
 def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg: TrainConfig
@@ -68,10 +65,13 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg:
         picked = (torch.rand(n, generator=gen) < q).nonzero().flatten().tolist()
         total = [torch.zeros_like(p) for p in params]
         if picked:
-            losses = _per_user_losses(model, feats, [rows[i] for i in picked])
+            # the item table is encoded once per step; each user's backward then runs through
+            # its own small sequence graph plus the shared item tower (O(users), not O(users²))
+            item_emb = model.encode_items(feats)
             clipped = 0
-            for u in range(len(picked)):
-                grads = torch.autograd.grad(losses[u], params, retain_graph=u < len(picked) - 1,
+            for u, i in enumerate(picked):
+                loss = _user_loss(model, item_emb, rows[i])
+                grads = torch.autograd.grad(loss, params, retain_graph=u < len(picked) - 1,
                                             allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
                 norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
