@@ -121,11 +121,12 @@ class PipelineConfig:
 
 def load_domain(cfg: DataConfig, name: str) -> Domain:
     """Load one configured domain by name (a synthetic one is generated with its siblings)."""
-    for domain in ([d for d in make_synthetic_domains(cfg.synthetic) if d.name == name]
-                   if not cfg.sources else
-                   [load_source(s, cfg.cache_dir) for s in cfg.sources if s.name == name]):
-        return split_holdout(cfg, domain)[0]
-    raise KeyError(f"no domain '{name}' in the data config (have {cfg.domain_names()})")
+    if name not in cfg.domain_names():
+        raise KeyError(f"no domain '{name}' in the data config (have {cfg.domain_names()})")
+    sources = [s for s in cfg.sources if s.name == name]
+    full = [load_source(sources[0], cfg.cache_dir)] if sources else \
+        [d for d in make_synthetic_domains(cfg.synthetic) if d.name == name]
+    return split_holdout(cfg, full[0])[0]
 
 
 def split_holdout(cfg: DataConfig, domain: Domain) -> tuple[Domain, Domain | None]:
@@ -144,9 +145,14 @@ def load_source(src: DomainSource, cache_dir: str | Path) -> Domain:
 
 def load_domains(cfg: DataConfig) -> list[Domain]:
     """Load the configured domains (or generate the synthetic ones)."""
-    full = make_synthetic_domains(cfg.synthetic) if not cfg.sources else \
-        [load_source(src, cfg.cache_dir) for src in cfg.sources]
-    return [split_holdout(cfg, d)[0] for d in full]
+    return [split_holdout(cfg, d)[0] for d in load_full_domains(cfg)]
+
+
+def load_full_domains(cfg: DataConfig) -> list[Domain]:
+    """Every configured domain with all its users (held-out ones included)."""
+    if not cfg.sources:
+        return make_synthetic_domains(cfg.synthetic)
+    return [load_source(src, cfg.cache_dir) for src in cfg.sources]
 
 
 def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:

@@ -37,8 +37,7 @@ import yaml
 from safetensors.torch import load_file
 
 from common.config import ConfigError, from_dict, to_dict
-from common.experiment import PipelineConfig, load_source, split_holdout
-from common.data import make_synthetic_domains
+from common.experiment import PipelineConfig, load_full_domains, split_holdout
 from common.model import ModelConfig, build_base_model
 from common.pipeline import run_pipeline
 from common.privacy import attack_metrics, membership_scores
@@ -124,8 +123,7 @@ def leakage(raw: dict, folder: Path, report: dict) -> dict[str, dict[str, float]
     cfg = from_dict(PipelineConfig, raw)
     if cfg.data.holdout_fraction <= 0:
         raise ConfigError("attack: true needs data.holdout_fraction > 0 (users the silo never saw)")
-    full = make_synthetic_domains(cfg.data.synthetic) if not cfg.data.sources else \
-        [load_source(s, cfg.data.cache_dir) for s in cfg.data.sources]
+    full = load_full_domains(cfg.data)
     encoder = make_encoder(cfg.encoder)
     model_cfg = ModelConfig(**{**to_dict(cfg.model), "text_dim": encoder.dim})
     base = build_base_model(model_cfg, cfg.seed).state_dict()  # θ₀ as the coordinator built it
