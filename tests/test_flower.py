@@ -13,7 +13,7 @@ from flwr.app import Context, Message, Metadata, RecordDict
 from safetensors.numpy import load_file
 
 from common.data import make_synthetic_domains
-from common.federated import QueryRefused
+from common.federated import MESSAGE_KINDS, QueryRefused
 from common.federated.protocol import TrainRequest, encode_query, encode_train_request
 from common.model import ModelConfig, build_base_model
 from common.pipeline import run_pipeline
@@ -77,6 +77,10 @@ ALLOWED = {  # message kind -> (array names, config keys); nothing else may leav
     "query.distill": ({"scores", "indices"}, {"silo", "num-items"}),
     "evaluate": (set(), {"silo", "labels"}),
 }
+
+
+def test_audit_knows_every_message_kind():
+    assert set(ALLOWED) == set(MESSAGE_KINDS)
 
 
 def _audit(folder: Path, tmp_path: Path) -> None:

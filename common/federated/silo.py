@@ -22,7 +22,7 @@ from ..config import from_dict
 from ..data import Domain
 from ..distill import teacher_scores
 from ..evaluation import evaluate_model, evaluate_popularity
-from ..model import model_from_state, state_hash
+from ..model import TextSeqRec, model_from_state, state_hash
 from ..text import catalogue_features, center_features, make_encoder
 from ..training import checkpoint_path, fine_tune_cached
 from .protocol import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, RunSettings, TrainReply,
@@ -53,16 +53,23 @@ class Silo:
         self.cfg = cfg
         self._load_domain = load_domain
         self.work = Path(cfg.work_dir)
+        self._features: dict[tuple[str, bool], torch.Tensor] = {}
+        self._teachers: dict[str, TextSeqRec] = {}  # checkpoint path -> loaded model
 
     @cached_property
     def domain(self) -> Domain:
         return self._load_domain()
 
     def features(self, run: RunSettings) -> torch.Tensor:
-        """The frozen item text vectors the model uses (cached on the silo's disk)."""
-        feats = catalogue_features(self.domain.item_texts, make_encoder(run.encoder),
-                                   self.cfg.feature_cache or self.work / "features", self.cfg.name)
-        return center_features(feats) if run.center_features else feats
+        """The frozen item text vectors the model uses (cached on the silo's disk, and in
+        memory while this process serves more messages)."""
+        key = (run.encoder, run.center_features)
+        if key not in self._features:
+            feats = catalogue_features(self.domain.item_texts, make_encoder(run.encoder),
+                                       self.cfg.feature_cache or self.work / "features",
+                                       self.cfg.name)
+            self._features[key] = center_features(feats) if run.center_features else feats
+        return self._features[key]
 
     def handle(self, kind: str, request: Payload, run_id: str) -> Payload:
         """Answer one message; refusals raise :class:`QueryRefused` with the reason."""
@@ -123,7 +130,10 @@ class Silo:
         record["queries"] = used + len(seqs)
         self._write_run(run_id, record)
         run = from_dict(RunSettings, record["run"], f"{self._run_file(run_id)}: run")
-        model = model_from_state(run.model, load_file(record["checkpoint"]))
+        path = str(record["checkpoint"])
+        if path not in self._teachers:  # walks ask several times per run
+            self._teachers[path] = model_from_state(run.model, load_file(path))
+        model = self._teachers[path]
         signal = teacher_scores(model, self.features(run), seqs, topk or None)
         return encode_answer(signal, self.cfg.name)
 
