@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -31,3 +34,45 @@ def bf16_matmul_is_fast(size: int = 256, min_speedup: float = 1.2) -> bool:
 def use_bf16(requested: bool) -> bool:
     """Whether to run bf16 autocast: requested and fast here."""
     return requested and bf16_matmul_is_fast()
+
+
+def compute_device() -> torch.device:
+    """Where training, evaluation and merge learning run: ``$MERGEREC_DEVICE`` (``cpu``,
+    ``cuda``, ``cuda:N``; default ``auto`` = the first CUDA GPU when there is one, else CPU).
+
+    Inputs and results stay on the CPU; only the heavy tensor work moves to the device.
+    """
+    name = os.environ.get("MERGEREC_DEVICE", "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"MERGEREC_DEVICE={name!r} is not a torch device") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"MERGEREC_DEVICE={name!r} but torch sees no CUDA GPU here")
+    return device
+
+
+def autocast_bf16(device: torch.device, requested: bool) -> torch.autocast:
+    """bf16 autocast on ``device`` where requested and it pays off (CPU: only with native
+    bf16 support; CUDA: kept off so that GPU and CPU runs share fp32 numerics)."""
+    enabled = device.type == "cpu" and use_bf16(requested)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@contextlib.contextmanager
+def on_device(model: torch.nn.Module, eval_mode: bool = False) -> Iterator[torch.device]:
+    """Run ``model`` on :func:`compute_device` (in eval mode if asked) and put it back where
+    and how it was afterwards; yields the device."""
+    device = compute_device()
+    home = next(model.parameters()).device
+    was_training = model.training
+    model.to(device)
+    if eval_mode:
+        model.eval()
+    try:
+        yield device
+    finally:
+        model.to(home)
+        model.train(was_training)

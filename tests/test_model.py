@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +50,7 @@ def test_history_masking_changes_protocol_and_scores():
 
 
 def test_history_terms():
-    from common.model.recommender import history_multi_hot, position_histories
+    from common.model.recommender import history_multi_hot, position_histories, prefix_histories
 
     seqs = torch.tensor([[3, 1, 0], [2, 0, 0]])
     lengths = torch.tensor([3, 1])
@@ -59,6 +60,10 @@ def test_history_terms():
     pos = position_histories(seqs, mask, 5)
     # real positions: (0,0) {3}, (0,1) {3,1}, (0,2) {3,1,0}, (1,0) {2}
     assert pos.tolist() == [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [1, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
+    dense = prefix_histories(torch.tensor([[3, 1, 3], [2, 0, 0]]), lengths, 5)  # repeat of 3
+    assert dense[mask].tolist() == [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [0, 1, 0, 1, 0],
+                                    [0, 0, 1, 0, 0]]
+    assert dense[~mask].abs().sum() == 0
 
 
 def test_history_weight_shifts_scores_of_history_items():
@@ -74,3 +79,19 @@ def test_history_weight_shifts_scores_of_history_items():
     delta = after - before
     assert torch.allclose(delta[0, [3, 4]], torch.tensor([-0.5, -0.5]))
     assert torch.count_nonzero(delta) == 2
+
+
+def test_compute_device_follows_the_environment(monkeypatch):
+    from common.runtime import compute_device
+
+    monkeypatch.setenv("MERGEREC_DEVICE", "cpu")
+    assert compute_device() == torch.device("cpu")
+    monkeypatch.setenv("MERGEREC_DEVICE", "gpu0")
+    with pytest.raises(ValueError, match="not a torch device"):
+        compute_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("MERGEREC_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            compute_device()
+        monkeypatch.setenv("MERGEREC_DEVICE", "auto")
+        assert compute_device() == torch.device("cpu")

@@ -126,3 +126,36 @@ def test_whole_run_with_dp_silos(tmp_path):
         assert 0 < report["training"][name]["dp_epsilon"] <= 8.0
     assert report["ledger"]["beauty"]["queries"] > 0  # DP models answer the distillation queries
     assert "mergerec task-wise" in report["results"]
+
+
+def test_per_user_gradients_match_one_backward_per_user_and_are_clipped():
+    from common.training.batching import make_batch
+    from common.training.dp_sgd import clipped_gradient_sum
+    from common.training.finetune import user_losses
+
+    cfg = ModelConfig(text_dim=16, hidden=16, layers=2, heads=2, max_len=6, item_hidden=8,
+                      dropout=0.0)
+    model = build_base_model(cfg, 0).train()
+    torch.manual_seed(0)
+    with torch.no_grad():  # move off θ₀ so that every gate and branch has a gradient
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    feats = torch.randn(30, 16)
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11], [3, 3, 5, 3], [7, 8]]
+    expected = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+    norms = []
+    for row in rows:
+        model.zero_grad()
+        user_losses(model, model.encode_items(feats), make_batch(0, [row], 6))[0].backward()
+        norms.append(math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters())))
+        for k, p in model.named_parameters():
+            expected[k] += p.grad
+    batch = make_batch(0, rows, 6)
+    total, clipped = clipped_gradient_sum(model, feats, batch, clip_norm=1e9)
+    assert clipped == 0 and set(total) == set(expected)
+    for k in expected:
+        assert torch.allclose(total[k], expected[k], atol=1e-5), k
+    clip = min(norms) / 2  # every user is clipped to norm `clip`
+    total, clipped = clipped_gradient_sum(model, feats, batch, clip_norm=clip)
+    assert clipped == len(rows)
+    assert math.sqrt(sum(float(v.pow(2).sum()) for v in total.values())) <= len(rows) * clip * 1.0001

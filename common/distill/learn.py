@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..merging.learned import Granularity, LearnedMerge
 from ..merging.methods import MergeInit, StateDict
 from ..model.recommender import TextSeqRec, history_multi_hot, pad_sequences
+from ..runtime import compute_device
 from .losses import LossConfig, merge_loss
 from .teacher import TeacherSignal
 
@@ -76,10 +77,12 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
             d.teacher.validate(len(d.sequences))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    merge = LearnedMerge(base, init, cfg.granularity, model.layer_groups())
+    device = compute_device()
+    merge = LearnedMerge(base, init, cfg.granularity, model.layer_groups(), device)
     opt = torch.optim.Adam(merge.parameters(), lr=cfg.lr)
     model.train(cfg.student_dropout)
-    feats = [d.features.float() for d in domains]
+    feats = [d.features.float().to(device) for d in domains]
+    teachers = [None if d.teacher is None else d.teacher.to(device) for d in domains]
     offsets = torch.tensor([0] + [len(d.sequences) for d in domains]).cumsum(0)
     total_users = int(offsets[-1])
     tables = [None] * len(domains)
@@ -96,7 +99,7 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
             tables = [_encode_table(model, detached, f) for f in feats]
         picks = torch.randint(total_users, (cfg.batch_size,), generator=gen)
         dom_of = torch.bucketize(picks, offsets[1:], right=True)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=device)
         logs: dict[str, float] = {}
         for k, d in enumerate(domains):
             rows = picks[dom_of == k] - offsets[k]
@@ -106,10 +109,11 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
             uniq = sorted({i for s in seqs for i in s})
             remap = {i: j for j, i in enumerate(uniq)}
             padded, lengths = pad_sequences([[remap[i] for i in s] for s in seqs], model.cfg.max_len)
-            users = functional_call(model, params, (feats[k][uniq], padded, lengths))
-            in_history = history_multi_hot(torch.tensor(uniq)[padded], lengths, len(feats[k]))
+            padded, lengths, uniq_ids = padded.to(device), lengths.to(device), torch.tensor(uniq, device=device)
+            users = functional_call(model, params, (feats[k][uniq_ids], padded, lengths))
+            in_history = history_multi_hot(uniq_ids[padded], lengths, len(feats[k]))
             z = model.score(users, tables[k], in_history, params["history_weight"])
-            teacher = d.teacher.rows(rows) if d.teacher is not None else None
+            teacher = teachers[k].rows(rows.to(device)) if teachers[k] is not None else None
             terms = merge_loss(z, teacher, cfg.loss)
             share = len(rows) / cfg.batch_size
             loss = loss + share * terms["total"]
@@ -121,5 +125,5 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
         history.append({"step": step, **logs})
         bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
-    final = {k: v.detach().clone() for k, v in merge.merged_state().items()}
+    final = {k: v.detach().cpu() for k, v in merge.merged_state().items()}
     return LearnResult(merge.weight_table(), final, history, time.perf_counter() - start)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.recommender import TextSeqRec, pad_sequences
+from ..runtime import on_device
 
 
 @dataclass
@@ -26,6 +27,10 @@ class TeacherSignal:
         if self.indices is not None:
             return self.indices[:, 0]
         return self.scores.argmax(1)
+
+    def to(self, device: torch.device) -> "TeacherSignal":
+        return TeacherSignal(self.scores.to(device), self.num_items,
+                             None if self.indices is None else self.indices.to(device))
 
     def rows(self, idx: torch.Tensor) -> "TeacherSignal":
         return TeacherSignal(self.scores[idx], self.num_items,
@@ -50,22 +55,18 @@ class TeacherSignal:
 def teacher_scores(model: TextSeqRec, features: torch.Tensor, seqs: list[list[int]],
                    topk: int | None = None, batch_size: int = 1024) -> TeacherSignal:
     """Cosine scores of ``model`` for ``seqs`` against all items (eval mode, fp32)."""
-    was_training = model.training
-    model.eval()
-    try:
-        item_emb = model.encode_items(features.float())
+    with on_device(model, eval_mode=True) as device:
+        item_emb = model.encode_items(features.float().to(device))
         rows, idx_rows = [], []
         for start in range(0, len(seqs), batch_size):
             padded, lengths = pad_sequences(seqs[start:start + batch_size], model.cfg.max_len)
-            s = model.score_sequences(item_emb, padded, lengths)
+            s = model.score_sequences(item_emb, padded.to(device), lengths.to(device))
             if topk is not None:
                 top = torch.topk(s, min(topk, s.shape[1]), dim=1)
-                rows.append(top.values)
-                idx_rows.append(top.indices)
+                rows.append(top.values.cpu())
+                idx_rows.append(top.indices.cpu())
             else:
-                rows.append(s)
-    finally:
-        model.train(was_training)
+                rows.append(s.cpu())
     n = len(features)
     if topk is None:
         return TeacherSignal(torch.cat(rows).float(), n)

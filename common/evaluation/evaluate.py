@@ -9,6 +9,7 @@ import torch
 
 from ..data.domain import Domain, Split
 from ..model.recommender import TextSeqRec, pad_sequences
+from ..runtime import on_device
 from .metrics import metrics_from_ranks, target_ranks
 
 
@@ -49,15 +50,15 @@ def evaluate_scores(score_fn: ScoreFn, domain: Domain, cfg: EvalConfig,
     ranks = []
     for start in range(0, len(histories), cfg.batch_size):
         hist = histories[start:start + cfg.batch_size]
-        tgt = torch.tensor(targets[start:start + cfg.batch_size], dtype=torch.long)
         scores = score_fn(hist).float()
+        tgt = torch.tensor(targets[start:start + cfg.batch_size], device=scores.device)
         if scores.shape != (len(hist), domain.num_items):
             raise ValueError(f"score function returned {tuple(scores.shape)}, expected "
                              f"({len(hist)}, {domain.num_items})")
         if cfg.mask_history:
             for r, h in enumerate(hist):
-                scores[r, torch.tensor(h, dtype=torch.long)] = float("-inf")
-        ranks.append(target_ranks(scores, tgt))
+                scores[r, torch.tensor(h, device=scores.device)] = float("-inf")
+        ranks.append(target_ranks(scores, tgt).cpu())
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     protocol = {
         "domain": domain.name,
@@ -78,18 +79,14 @@ def evaluate_model(model: TextSeqRec, domain: Domain, text_features: torch.Tenso
                    cfg: EvalConfig | None = None) -> EvalResult:
     """Evaluate ``model`` on ``domain`` with full ranking in fp32."""
     cfg = cfg or EvalConfig()
-    was_training = model.training
-    model.eval()
-    item_emb = model.encode_items(text_features.float())
+    with on_device(model, eval_mode=True) as device:
+        item_emb = model.encode_items(text_features.float().to(device))
 
-    def score(hist: list[list[int]]) -> torch.Tensor:
-        seqs, lengths = pad_sequences(hist, model.cfg.max_len)
-        return model.score_sequences(item_emb, seqs, lengths)
+        def score(hist: list[list[int]]) -> torch.Tensor:
+            seqs, lengths = pad_sequences(hist, model.cfg.max_len)
+            return model.score_sequences(item_emb, seqs.to(device), lengths.to(device))
 
-    try:
         return evaluate_scores(score, domain, cfg, {"max_len": model.cfg.max_len})
-    finally:
-        model.train(was_training)
 
 
 def evaluate_popularity(domain: Domain, cfg: EvalConfig | None = None) -> EvalResult:

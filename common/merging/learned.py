@@ -21,7 +21,8 @@ class LearnedMerge(nn.Module):
     """Trainable merging weights over frozen θ₀ and processed task vectors."""
 
     def __init__(self, base: StateDict, init: MergeInit, granularity: Granularity = "task",
-                 groups: dict[str, str] | None = None) -> None:
+                 groups: dict[str, str] | None = None,
+                 device: torch.device | str = "cpu") -> None:
         super().__init__()
         if granularity == "layer" and groups is None:
             raise ValueError("layer-wise merging needs a parameter -> group mapping")
@@ -37,10 +38,10 @@ class LearnedMerge(nn.Module):
                 raise ValueError(f"no layer group for parameters {missing[:3]}")
             self.group_names = sorted(set(groups[n] for n in self.names))
             self.group_of = {n: self.group_names.index(groups[n]) for n in self.names}
-        self._base = {n: base[n].detach().float() for n in self.names}
-        self._stacked = {n: torch.stack([v[n].detach().float() for v in init.vectors])
+        self._base = {n: base[n].detach().float().to(device) for n in self.names}
+        self._stacked = {n: torch.stack([v[n].detach().float() for v in init.vectors]).to(device)
                          for n in self.names}
-        w0 = torch.tensor(init.weights, dtype=torch.float32)
+        w0 = torch.tensor(init.weights, dtype=torch.float32, device=device)
         self.weights = nn.Parameter(w0.repeat(len(self.group_names), 1))
         self.domains = len(init.vectors)
 

@@ -189,9 +189,10 @@ def pad_sequences(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, to
 
 def history_multi_hot(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int) -> torch.Tensor:
     """[B, N] with 1 at every item of each (padded) history."""
-    out = torch.zeros(len(seqs), num_items)
-    real = torch.arange(seqs.shape[1])[None] < lengths[:, None]
-    rows = torch.arange(len(seqs))[:, None].expand_as(seqs)
+    dev = seqs.device
+    out = torch.zeros(len(seqs), num_items, device=dev)
+    real = torch.arange(seqs.shape[1], device=dev)[None] < lengths[:, None]
+    rows = torch.arange(len(seqs), device=dev)[:, None].expand_as(seqs)
     out[rows[real], seqs[real]] = 1.0
     return out
 
@@ -199,13 +200,26 @@ def history_multi_hot(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int)
 def position_histories(seqs: torch.Tensor, mask: torch.Tensor, num_items: int) -> torch.Tensor:
     """[P, N] multi-hot of the prefix ``seqs[b, :t+1]`` for every real position (b, t)."""
     b, length = seqs.shape
-    row_of = torch.full((b, length), -1, dtype=torch.long)
-    row_of[mask] = torch.arange(int(mask.sum()))
-    tri = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    dev = seqs.device
+    row_of = torch.full((b, length), -1, dtype=torch.long, device=dev)
+    row_of[mask] = torch.arange(int(mask.sum()), device=dev)
+    tri = torch.tril(torch.ones(length, length, dtype=torch.bool, device=dev))
     bi, ti, si = (mask[:, :, None] & tri[None]).nonzero(as_tuple=True)
-    out = torch.zeros(int(mask.sum()), num_items)
+    out = torch.zeros(int(mask.sum()), num_items, device=dev)
     out[row_of[bi, ti], seqs[bi, si]] = 1.0
     return out
+
+
+def prefix_histories(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Dense [B, L, N] multi-hot of the prefix ``seqs[b, :t+1]`` at every position, zero rows
+    past each length (fixed shapes, so it also runs under ``torch.func.vmap``)."""
+    b, length = seqs.shape
+    pos = torch.arange(length, device=seqs.device)
+    real = pos[None] < lengths[:, None]
+    within = (pos[:, None] >= pos[None, :])[None] & real[:, :, None] & real[:, None, :]
+    index = seqs[:, None, :].expand(b, length, length)
+    zeros = torch.zeros(b, length, num_items, device=seqs.device)
+    return zeros.scatter_reduce(2, index, within.float(), reduce="amax")
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:

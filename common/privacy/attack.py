@@ -13,12 +13,12 @@ import random
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from ..data import Domain
 from ..model import ModelConfig, model_from_state
-from ..model.recommender import position_histories
+from ..runtime import on_device
 from ..training.batching import make_batch, training_sequences
+from ..training.finetune import user_losses
 
 StateDict = dict[str, torch.Tensor]
 
@@ -41,20 +41,15 @@ def _subset(domain: Domain, users: list[int]) -> Domain:
 
 @torch.no_grad()
 def _user_losses(state: StateDict, cfg: ModelConfig, domain: Domain, features: torch.Tensor,
-                 batch_size: int = 256) -> torch.Tensor:
+                 batch_size: int = 64) -> torch.Tensor:
     model = model_from_state(cfg, state)
-    item_emb = model.encode_items(features.float())
     rows = training_sequences(domain.train, cfg.max_len)
     out = []
-    for start in range(0, len(rows), batch_size):
-        batch = make_batch(0, rows[start:start + batch_size], cfg.max_len)
-        states = model.sequence_states(item_emb, batch.seqs, batch.lengths)
-        history = position_histories(batch.seqs, batch.mask, len(item_emb))
-        logits = model.score(states[batch.mask], item_emb, history) / cfg.temperature
-        losses = F.cross_entropy(logits, batch.targets[batch.mask], reduction="none")
-        owner = torch.arange(len(batch.seqs))[:, None].expand_as(batch.mask)[batch.mask]
-        sums = torch.zeros(len(batch.seqs)).index_add(0, owner, losses)
-        out.append(sums / batch.lengths.float())
+    with on_device(model, eval_mode=True) as device:
+        item_emb = model.encode_items(features.float().to(device))
+        for start in range(0, len(rows), batch_size):
+            batch = make_batch(0, rows[start:start + batch_size], cfg.max_len).to(device)
+            out.append(user_losses(model, item_emb, batch).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -19,6 +19,10 @@ class TrainBatch:
     targets: torch.Tensor
     mask: torch.Tensor
 
+    def to(self, device: torch.device) -> "TrainBatch":
+        return TrainBatch(self.domain, self.seqs.to(device), self.lengths.to(device),
+                          self.targets.to(device), self.mask.to(device))
+
 
 def training_sequences(train: list[list[int]], max_len: int) -> list[list[int]]:
     """Each user's last ``max_len + 1`` training items (inputs + shifted targets), len >= 2."""

@@ -2,9 +2,9 @@
 
 Every user contributes one training row (its last ``max_len + 1`` items, next-item targets at
 every position), so clipping each row's gradient bounds each user's influence. Users are
-Poisson-sampled with rate ``batch_size / users``; per-user gradients (one backward per sampled
-user, loss averaged over the user's positions) are clipped to ``clip_norm``, summed, and Gaussian noise with standard
-deviation ``noise_multiplier · clip_norm`` is added before dividing by the expected batch size.
+Poisson-sampled with rate ``batch_size / users``; per-user gradients (``torch.func.vmap`` over
+the sampled users, loss averaged over each user's positions) are clipped to ``clip_norm``,
+summed, and Gaussian noise with standard deviation ``noise_multiplier · clip_norm`` is added before dividing by the expected batch size.
 AdamW then post-processes the noisy gradient. There is no early stopping: choosing an epoch by
 validation on private data would spend privacy outside the accountant; the final weights are
 kept and ε is what the PLD accountant reports for the steps actually taken.
@@ -15,24 +15,57 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
-from ..model.recommender import TextSeqRec, position_histories
+from ..model.recommender import TextSeqRec
 from ..privacy.accountant import calibrate_noise, dp_epsilon
-from .batching import make_batch, training_sequences
-from .finetune import TrainConfig, TrainResult
+from ..runtime import compute_device
+from .batching import TrainBatch, make_batch, training_sequences
+from .finetune import TrainConfig, TrainResult, cpu_state, user_losses
+
+# Users whose per-user gradients are computed together: bounds the [users, L, N] logits.
+_LOGIT_ELEMENTS_PER_CHUNK = 50_000_000
 
 
-def _user_loss(model: TextSeqRec, item_emb: torch.Tensor, row: list[int]) -> torch.Tensor:
-    """Mean next-item loss over the positions of one user's row."""
-    batch = make_batch(0, [row], model.cfg.max_len)
-    states = model.sequence_states(item_emb, batch.seqs, batch.lengths)
-    history = position_histories(batch.seqs, batch.mask, len(item_emb))
-    logits = model.score(states[batch.mask], item_emb, history) / model.cfg.temperature
-    return F.cross_entropy(logits.float(), batch.targets[batch.mask])
+class _UserLoss(torch.nn.Module):
+    """``model``'s loss for one user (unbatched row) as a function of its parameters."""
+
+    def __init__(self, model: TextSeqRec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor, seqs: torch.Tensor, lengths: torch.Tensor,
+                targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        one = TrainBatch(0, seqs[None], lengths[None], targets[None], mask[None])
+        return user_losses(self.model, self.model.encode_items(feats), one)[0]
+
+
+def clipped_gradient_sum(model: TextSeqRec, feats: torch.Tensor, batch: TrainBatch,
+                         clip_norm: float) -> tuple[dict[str, torch.Tensor], int]:
+    """Σ_u clip(∇ loss_u, clip_norm) over the users of ``batch`` (per-user gradients with
+    ``torch.func.vmap``, in chunks) and how many of them were clipped."""
+    wrapper = _UserLoss(model)
+    params = {k: v.detach() for k, v in wrapper.named_parameters() if v.requires_grad}
+    per_user = vmap(grad(lambda p, *row: functional_call(wrapper, p, (feats, *row))),
+                    in_dims=(None, 0, 0, 0, 0), randomness="different")
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    clipped = 0
+    chunk = max(1, _LOGIT_ELEMENTS_PER_CHUNK // (batch.seqs.shape[1] * len(feats)))
+    for start in range(0, len(batch.seqs), chunk):
+        part = slice(start, start + chunk)
+        with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no vmap rule
+            grads = per_user(params, batch.seqs[part], batch.lengths[part],
+                             batch.targets[part], batch.mask[part])
+        norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+        scale = (clip_norm / (norms + 1e-12)).clamp(max=1.0)
+        clipped += int((scale < 1.0).sum())
+        for k, g in grads.items():
+            total[k] += torch.tensordot(scale, g, dims=([0], [0]))
+    return {k.removeprefix("model."): v for k, v in total.items()}, clipped
 
 
 def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg: TrainConfig
@@ -51,38 +84,29 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg:
     sigma = dp.noise_multiplier if dp.noise_multiplier is not None else \
         calibrate_noise(dp.epsilon, q, steps, delta)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)  # sampling and noise: same on every device
+    device = compute_device()
+    model.to(device)
+    params = dict(model.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-    feats = features.float()
+    feats = features.float().to(device)
     start = time.perf_counter()
     model.train()
     clipped_share = []
     for _ in tqdm(range(steps), desc=f"DP fine-tune {domain.name}", disable=not cfg.progress,
                   leave=False):
         picked = (torch.rand(n, generator=gen) < q).nonzero().flatten().tolist()
-        total = [torch.zeros_like(p) for p in params]
         if picked:
-            # the item table is encoded once per step; each user's backward then runs through
-            # its own small sequence graph plus the shared item tower (O(users), not O(users²))
-            item_emb = model.encode_items(feats)
-            clipped = 0
-            for u, i in enumerate(picked):
-                loss = _user_loss(model, item_emb, rows[i])
-                grads = torch.autograd.grad(loss, params, retain_graph=u < len(picked) - 1,
-                                            allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-                norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-                scale = min(1.0, dp.clip_norm / (float(norm) + 1e-12))
-                clipped += scale < 1.0
-                for acc, g in zip(total, grads):
-                    acc.add_(g, alpha=scale)
+            batch = make_batch(0, [rows[i] for i in picked], model.cfg.max_len).to(device)
+            total, clipped = clipped_gradient_sum(model, feats, batch, dp.clip_norm)
             clipped_share.append(clipped / len(picked))
-        for acc, p in zip(total, params):
-            noise = torch.randn(p.shape, generator=gen) * sigma * dp.clip_norm
-            p.grad = (acc + noise) / (q * n)
+        else:
+            total = {k: torch.zeros_like(p) for k, p in params.items()}
+        for k, p in params.items():
+            noise = torch.randn(p.shape, generator=gen).to(device) * sigma * dp.clip_norm
+            p.grad = (total[k] + noise) / (q * n)
         opt.step()
         sched.step()
     model.eval()
@@ -91,7 +115,8 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg:
     privacy = {"dp_epsilon": dp_epsilon(sigma, q, steps, delta), "dp_delta": delta,
                "dp_noise_multiplier": sigma, "dp_sample_rate": q, "dp_steps": float(steps),
                "dp_clipped_share": sum(clipped_share) / max(1, len(clipped_share))}
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = cpu_state(model)
+    model.to("cpu")
     return TrainResult(state, cfg.epochs, val.metrics["ndcg@10"],
                        [{"epoch": cfg.epochs, "val_ndcg@10": val.metrics["ndcg@10"]}],
                        time.perf_counter() - start, privacy)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
@@ -12,10 +11,10 @@ from tqdm.auto import tqdm
 
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
-from ..model.recommender import TextSeqRec, position_histories
+from ..model.recommender import TextSeqRec, position_histories, prefix_histories
 from ..privacy.accountant import DPConfig
-from ..runtime import use_bf16
-from .batching import bucketed_batches, training_sequences
+from ..runtime import autocast_bf16, compute_device
+from .batching import TrainBatch, bucketed_batches, training_sequences
 
 
 @dataclass
@@ -57,6 +56,25 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch, temperature
     return F.cross_entropy(logits.float(), batch.targets[batch.mask])
 
 
+def user_losses(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+    """Per user of the batch [B]: mean next-item cross-entropy over its real positions.
+
+    Fixed shapes (dense prefix histories, masked mean), so it runs under ``torch.func.vmap``
+    for per-user gradients (DP-SGD) as well as batched (membership attack).
+    """
+    states = model.sequence_states(item_emb, batch.seqs, batch.lengths)
+    history = prefix_histories(batch.seqs, batch.lengths, len(item_emb))
+    logits = model.score(states, item_emb, history) / model.cfg.temperature
+    losses = F.cross_entropy(logits.float().transpose(1, 2), batch.targets, reduction="none")
+    mask = batch.mask.float()
+    return (losses * mask).sum(1) / mask.sum(1)
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's weights."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Tensor],
               cfg: TrainConfig) -> TrainResult:
     """Train ``model`` in place on one domain (a silo) or several pooled (joint training).
@@ -71,9 +89,10 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-    bf16 = use_bf16(cfg.bf16)
+    device = compute_device()
+    model.to(device)
     val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
-    feats = [f.float() for f in features]
+    feats = [f.float().to(device) for f in features]
 
     def validate() -> float:
         scores = [evaluate_model(model, d, f, val_cfg).metrics["ndcg@10"]
@@ -82,7 +101,7 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
 
     start = time.perf_counter()
     best_val, best_epoch = validate(), 0
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = cpu_state(model)
     history = [{"epoch": 0, "loss": float("nan"), "val_ndcg@10": best_val}]
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"fine-tune {'+'.join(d.name for d in domains)}",
                disable=not cfg.progress, leave=False)
@@ -90,7 +109,8 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
         model.train()
         total, count = 0.0, 0
         for batch in bucketed_batches(per_domain, cfg.batch_size, max_len, gen):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            batch = batch.to(device)
+            with autocast_bf16(device, cfg.bf16):
                 item_emb = model.encode_items(feats[batch.domain])
                 loss = next_item_loss(model, item_emb, batch, model.cfg.temperature)
             opt.zero_grad(set_to_none=True)
@@ -104,8 +124,8 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
         bar.set_postfix(loss=f"{total / max(1, count):.3f}", val=f"{val:.4f}")
         if val > best_val:
             best_val, best_epoch = val, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = cpu_state(model)
         elif epoch - best_epoch >= cfg.patience:
             break
-    model.load_state_dict(best_state)
+    model.to("cpu").load_state_dict(best_state)
     return TrainResult(best_state, best_epoch, best_val, history, time.perf_counter() - start)
