@@ -2,6 +2,7 @@
 write a results folder with tables (mean ± std over seeds) and PNG plots.
 
     mergerec-experiment experiments/configs/dp.yaml [--mode simulation|in-process] [--report-only]
+                        [--seeds 0 1] [--output DIR]
 
 An experiment YAML::
 
@@ -280,13 +281,20 @@ def plot(exp: ExperimentConfig, runs: dict[str, dict[int, dict]], summary: dict,
 
 
 def run_experiment(path: Path, mode: str = "simulation", report_only: bool = False,
-                   output: Path | None = None) -> Path:
-    """Run (or resume) every setting × seed, then write the report; returns the results folder."""
+                   output: Path | None = None, seeds: list[int] | None = None) -> Path:
+    """Run (or resume) every setting × seed, then write the report; returns the results folder.
+
+    Seed-major order: every setting once before the next seed, so an interrupted experiment
+    already has complete comparisons. ``seeds`` restricts the run (and the report) to those
+    seeds, e.g. to spread seeds over machines or processes sharing one results folder.
+    """
     exp, base = load_experiment(path)
+    if seeds is not None:
+        exp.seeds = seeds
     out = output or ROOT / "results" / exp.name
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[int, dict]] = {}
-    todo = [(s, k) for s in exp.settings for k in exp.seeds]
+    todo = [(s, k) for k in exp.seeds for s in exp.settings]
     for i, (setting, seed) in enumerate(todo, 1):
         folder = run_dir(out, setting, seed)
         raw = deep_merge(deep_merge(base, exp.common), setting.set)
@@ -324,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="results folder (default results/<name>)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild tables and plots from finished runs")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: the YAML's)")
     args = parser.parse_args(argv)
     try:
         run_experiment(Path(args.experiment), args.mode, args.report_only,
-                       Path(args.output) if args.output else None)
+                       Path(args.output) if args.output else None, args.seeds)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import zlib
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -67,30 +70,38 @@ class HFEncoder:
 
     def __init__(self, path: str | Path, max_length: int = 64, batch_size: int = 64,
                  bf16: bool = True, bf16_min_cosine: float = 0.999, name: str | None = None) -> None:
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-
         path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: text encoder folder not found")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval()
+        config = path / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: text encoder folder or its config.json not found")
+        try:
+            self.dim = int(json.loads(config.read_text())["hidden_size"])
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{config}: no integer 'hidden_size' ({exc})") from exc
+        self.path = path
         self.max_length = max_length
         self.batch_size = batch_size
         self.bf16 = bf16
         self.bf16_min_cosine = bf16_min_cosine
-        self.dim = int(self.model.config.hidden_size)
         self.encoder_id = f"{name or path.name}-len{max_length}"
+
+    @cached_property
+    def _loaded(self) -> tuple[object, torch.nn.Module]:
+        """Tokenizer and weights, loaded on first use (a cached catalogue never needs them)."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        return (AutoTokenizer.from_pretrained(str(self.path)),
+                AutoModel.from_pretrained(str(self.path)).eval())
 
     @torch.inference_mode()
     def _embed(self, texts: list[str], bf16: bool) -> torch.Tensor:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+        tokenizer, model = self._loaded
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,  # type: ignore[operator]
+                          return_tensors="pt")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            hidden = self.model(**batch).last_hidden_state
+            hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return F.normalize(pooled, dim=-1)

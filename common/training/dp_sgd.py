@@ -28,7 +28,7 @@ from .batching import TrainBatch, make_batch, training_sequences
 from .finetune import TrainConfig, TrainResult, cpu_state, user_losses
 
 # Users whose per-user gradients are computed together: bounds the [users, L, N] logits.
-_LOGIT_ELEMENTS_PER_CHUNK = 50_000_000
+_LOGIT_ELEMENTS_PER_CHUNK = {"cpu": 50_000_000, "cuda": 400_000_000}
 
 
 class _UserLoss(torch.nn.Module):
@@ -54,7 +54,8 @@ def clipped_gradient_sum(model: TextSeqRec, feats: torch.Tensor, batch: TrainBat
                     in_dims=(None, 0, 0, 0, 0), randomness="different")
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     clipped = 0
-    chunk = max(1, _LOGIT_ELEMENTS_PER_CHUNK // (batch.seqs.shape[1] * len(feats)))
+    budget = _LOGIT_ELEMENTS_PER_CHUNK.get(feats.device.type, _LOGIT_ELEMENTS_PER_CHUNK["cpu"])
+    chunk = max(1, budget // (batch.seqs.shape[1] * len(feats)))
     for start in range(0, len(batch.seqs), chunk):
         part = slice(start, start + chunk)
         with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no vmap rule
