@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 from .config import ConfigError, load_yaml
-from .data import Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains
+from .data import (Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains,
+                   subsample_users)
 from .distill import DistillConfig, LossConfig, PseudoUserConfig
 from .evaluation import EvalConfig
 from .merging import MergeConfig
@@ -18,11 +19,14 @@ from .training import TrainConfig
 
 @dataclass
 class DomainSource:
-    """Where one domain comes from."""
+    """Where one domain comes from; ``max_users`` keeps a fixed random sample of that many
+    users and the items they touched (:func:`common.data.subsample_users`)."""
 
     name: str
     format: Literal["mergerec_json", "recbole"] = "mergerec_json"
     path: str = ""
+    max_users: int | None = None
+    sample_seed: int = 0
 
 
 @dataclass
@@ -139,8 +143,12 @@ def split_holdout(cfg: DataConfig, domain: Domain) -> tuple[Domain, Domain | Non
 def load_source(src: DomainSource, cache_dir: str | Path) -> Domain:
     """Load a domain from its source (MergeRec JSON folder/.tar.gz or RecBole atomic files)."""
     if src.format == "mergerec_json":
-        return load_mergerec_json(src.path, src.name, cache_dir=Path(cache_dir) / "data")
-    return load_recbole(src.path, src.name)
+        domain = load_mergerec_json(src.path, src.name, cache_dir=Path(cache_dir) / "data")
+    else:
+        domain = load_recbole(src.path, src.name)
+    if src.max_users is not None:
+        domain = subsample_users(domain, src.max_users, src.sample_seed)
+    return domain
 
 
 def load_domains(cfg: DataConfig) -> list[Domain]:

@@ -95,3 +95,21 @@ def test_synthetic_is_deterministic_and_valid():
     assert c[0].train != a[0].train
     with pytest.raises(ValueError, match="unknown synthetic domain"):
         make_synthetic_domains(SyntheticConfig(domains=("cars",)))
+
+
+def test_subsample_keeps_users_and_only_their_items():
+    from common.data import subsample_users, validate_domain
+
+    full = make_synthetic_domains(SyntheticConfig(domains=("beauty",), users_per_domain=80))[0]
+    small = subsample_users(full, 20, seed=3)
+    assert small.num_users == 20 and small.num_items < full.num_items
+    assert small == subsample_users(full, 20, seed=3)  # depends on the seed only
+    validate_domain(small)
+    for u, uid in enumerate(small.user_ids):  # same interactions, as item texts
+        orig = full.user_ids.index(uid)
+        assert [small.item_texts[i] for i in small.train[u]] == \
+            [full.item_texts[i] for i in full.train[orig]]
+        assert small.item_texts[small.test[u]] == full.item_texts[full.test[orig]]
+    assert subsample_users(full, 500) is full
+    with pytest.raises(DataError, match="max_users"):
+        subsample_users(full, 0)

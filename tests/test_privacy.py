@@ -65,6 +65,9 @@ def test_dp_fine_tuning_spends_at_most_its_budget_and_is_kept_with_its_epsilon(
     assert stats["dp_steps"] == 2 * round(60 / 16) and stats["dp_noise_multiplier"] > 0.3
     assert any(not torch.equal(state[k], base[k]) for k in base)
     assert all(torch.isfinite(v).all() for v in state.values())
+    # by default the item tower stays at θ₀: only the sequence tower and β are trained
+    assert all(torch.equal(state[k], base[k]) for k in base if k.startswith("item_tower."))
+    assert any(not torch.equal(state[k], base[k]) for k in base if k.startswith("seq_tower."))
     again_state, again = fine_tune_cached(base, MODEL, [dom], [feats], cfg, tmp_path)
     assert again["reused_checkpoint"] == 1.0 and again["dp_epsilon"] == stats["dp_epsilon"]
     with pytest.raises(ValueError, match="per silo"):

@@ -5,7 +5,8 @@ every position), so clipping each row's gradient bounds each user's influence. U
 Poisson-sampled with rate ``batch_size / users``; per-user gradients (``torch.func.vmap`` over
 the sampled users, loss averaged over each user's positions) are clipped to ``clip_norm``,
 summed, and Gaussian noise with standard deviation ``noise_multiplier · clip_norm`` is added before dividing by the expected batch size.
-AdamW then post-processes the noisy gradient. There is no early stopping: choosing an epoch by
+AdamW then post-processes the noisy gradient. By default only the sequence tower and β are
+trained; the item tower stays at θ₀ (see :class:`common.privacy.DPConfig`). There is no early stopping: choosing an epoch by
 validation on private data would spend privacy outside the accountant; the final weights are
 kept and ε is what the PLD accountant reports for the steps actually taken.
 """
@@ -88,7 +89,9 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg:
     gen = torch.Generator().manual_seed(cfg.seed)  # sampling and noise: same on every device
     device = compute_device()
     model.to(device)
-    params = dict(model.named_parameters())
+    if not dp.train_item_tower:
+        model.item_tower.requires_grad_(False)
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
@@ -117,7 +120,7 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg:
                "dp_noise_multiplier": sigma, "dp_sample_rate": q, "dp_steps": float(steps),
                "dp_clipped_share": sum(clipped_share) / max(1, len(clipped_share))}
     state = cpu_state(model)
-    model.to("cpu")
+    model.to("cpu").requires_grad_(True)
     return TrainResult(state, cfg.epochs, val.metrics["ndcg@10"],
                        [{"epoch": cfg.epochs, "val_ndcg@10": val.metrics["ndcg@10"]}],
                        time.perf_counter() - start, privacy)
