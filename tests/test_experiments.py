@@ -20,7 +20,12 @@ def test_privacy_experiment_end_to_end(tmp_path):
                          "epsilon": 8.0}]}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
-    out = run_experiment(path, mode="in-process", output=tmp_path / "results")
+    out = run_experiment(path, mode="in-process", output=tmp_path / "results", seeds=[1])
+    first = sorted(out.glob("runs/*/seed*/run.json"))
+    assert [r.parent.name for r in first] == ["seed1", "seed1"]
+    first_stamp = [r.stat().st_mtime for r in first]
+    out = run_experiment(path, mode="in-process", output=tmp_path / "results")  # resumes
+    assert [r.stat().st_mtime for r in first] == first_stamp
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"no DP", "eps=8"}
     assert len(summary["eps=8"]["headline_recall@10"]) == 2  # two seeds
@@ -51,7 +56,7 @@ def test_shipped_experiments_are_valid():
     for name in ("sharing", "dp", "unseen", "methods"):
         exp, base = load_experiment(configs / f"{name}.yaml")
         names.add(exp.name)
-        assert len(exp.seeds) == 3
+        assert len(exp.seeds) >= 2
         for setting in exp.settings:
             cfg = from_dict(PipelineConfig, deep_merge(deep_merge(base, exp.common), setting.set))
             assert [s.name for s in cfg.data.sources] == ["Beauty", "Pantry", "Sports"]

@@ -50,3 +50,14 @@ def test_real_domain_train_and_evaluate(pantry, tmp_path):
     losses = [h["loss"] for h in result.history[1:]]
     assert len(losses) >= 1 and all(l == l for l in losses)  # finite, logged per epoch
     assert after["recall@50"] > 0.0
+
+
+def test_real_domain_subsample_from_the_run_config(amazon_dir, tmp_path):
+    from common.data import validate_domain
+    from common.experiment import DomainSource, load_source
+
+    src = DomainSource("Pantry", path=str(amazon_dir / "Pantry.tar.gz"), max_users=300)
+    small = load_source(src, tmp_path)
+    assert small.num_users == 300 and 300 < small.num_items < 4968
+    validate_domain(small)
+    assert small.num_items == load_source(src, tmp_path).num_items  # same sample every time
