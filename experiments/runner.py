@@ -151,9 +151,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def _avg(report: dict, method: str, metric: str) -> float | None:
+def _avg(report: dict, method: str, metric: str, over: str = "average") -> float | None:
+    """A method's ``metric`` averaged ``over`` the seen (``average``) or the evaluation-only
+    (``average unseen``) domains."""
     row = report["results"].get(method, {})
-    return row.get("average", {}).get(metric)
+    return row.get(over, {}).get(metric)
 
 
 TRAINING_FREE = ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch")
@@ -205,12 +207,19 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                      f"{mean_std(row['attack_advantage'])} |")
     labels = [s.label for s in exp.settings if s.label in runs]
     first = next(iter(runs[labels[0]].values()))
-    lines += ["", "## Every method (average Recall@10 over seen domains)", "",
-              "| method | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-    for m in first["results"]:
-        cells = [mean_std([v for v in (_avg(r, m, "recall@10") for r in runs[label].values())
-                           if v is not None]) for label in labels]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    tables = [("average", "seen domains")]
+    if any("average unseen" in row for r in runs.values() for rep in r.values()
+           for row in rep["results"].values()):
+        tables.append(("average unseen", "the evaluation-only (unseen) domains"))
+    for over, title in tables:
+        lines += ["", f"## Every method: Recall@10 / NDCG@10 averaged over {title}", "",
+                  "| method | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        for m in first["results"]:
+            cells = [" / ".join(mean_std([v for v in (_avg(r, m, metric, over)
+                                                      for r in runs[label].values())
+                                          if v is not None])
+                                for metric in ("recall@10", "ndcg@10")) for label in labels]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Protocol: " + json.dumps(first["protocol"], default=str)]
     return "\n".join(lines) + "\n", summary
 
