@@ -207,6 +207,8 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                      f"{mean_std(row['attack_advantage'])} |")
     labels = [s.label for s in exp.settings if s.label in runs]
     first = next(iter(runs[labels[0]].values()))
+    methods = list(dict.fromkeys(m for label in labels for r in runs[label].values()
+                                 for m in r["results"]))  # every setting's methods, in order
     tables = [("average", "seen domains")]
     if any("average unseen" in row for r in runs.values() for rep in r.values()
            for row in rep["results"].values()):
@@ -214,7 +216,7 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
     for over, title in tables:
         lines += ["", f"## Every method: Recall@10 / NDCG@10 averaged over {title}", "",
                   "| method | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-        for m in first["results"]:
+        for m in methods:
             cells = [" / ".join(mean_std([v for v in (_avg(r, m, metric, over)
                                                       for r in runs[label].values())
                                           if v is not None])

@@ -44,6 +44,38 @@ def test_privacy_experiment_end_to_end(tmp_path):
     assert all((r.parent / "received").is_dir() for r in runs)
 
 
+def test_sharing_unseen_and_method_experiments_end_to_end(tmp_path):
+    base = tiny_raw(tmp_path, learned=TINY["learned"][:1])
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, allow_unicode=True))
+    task = TINY["learned"][0]
+    exp = {"name": "tiny-mixed", "base": "base.yaml", "seeds": [0],
+           "settings": [
+               {"label": "weights only", "set": {"learned": []}},
+               {"label": "full answers"},
+               {"label": "top-5", "set": {"learned": [{**task, "teacher_topk": 5}]}},
+               {"label": "budget 30", "set": {
+                   "learned": [{**task, "pseudo_users": {"sample": "centroid", "num": 30}}],
+                   "federation": {"query_budget": 30}}},
+               {"label": "unseen pantry", "set": {"federation": {"eval_only": ["pantry"]}}},
+               {"label": "rec loss only", "set": {"learned": [
+                   {**task, "name": "rec only", "distill": {**task["distill"], "loss": {
+                       "rec_weight": 1.0, "kd_weight": 0.0}}}]}}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp, allow_unicode=True))
+    out = run_experiment(path, mode="in-process", output=tmp_path / "results")
+    summary = json.loads((out / "summary.json").read_text())
+    sent = {label: summary[label]["bytes"][0] for label in summary}
+    queries = {label: summary[label]["queries"][0] for label in summary}
+    assert queries["weights only"] == 0 < queries["budget 30"] <= 30 < queries["full answers"]
+    assert sent["weights only"] < sent["budget 30"] < sent["full answers"]
+    assert sent["top-5"] < sent["full answers"]
+    report = (out / "report.md").read_text()
+    assert "averaged over the evaluation-only (unseen) domains" in report
+    unseen = report.split("evaluation-only (unseen) domains")[1]
+    assert "| mergerec task-wise | — / — | — / — | — / — | — / — | 0." in unseen
+    assert "| rec only |" in report
+
+
 def test_shipped_experiments_are_valid():
     from pathlib import Path
 
