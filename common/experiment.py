@@ -107,7 +107,11 @@ class FederationConfig:
 
 @dataclass
 class PipelineConfig:
-    """Everything a run needs: data, model, fine-tuning, merges, learned merges, federation."""
+    """Everything a run needs: data, model, fine-tuning, merges, learned merges, federation.
+
+    ``silo_dir``: where in-process silos keep their work (checkpoints, per-run records); default
+    ``<output_dir>/silos``. Runs sharing it reuse each other's fine-tuned checkpoints.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     encoder: str = "hashing-256"
@@ -121,6 +125,7 @@ class PipelineConfig:
     joint: bool = True
     seed: int = 0
     output_dir: str | None = None
+    silo_dir: str | None = None
 
 
 def load_domain(cfg: DataConfig, name: str) -> Domain:

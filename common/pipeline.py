@@ -29,8 +29,9 @@ StateDict = dict[str, torch.Tensor]
 
 
 def local_silos(cfg: PipelineConfig, domains: list[Domain]) -> list[Silo]:
-    """One in-process silo per domain, working under ``<output or cache dir>/silos/<name>``."""
-    root = Path(cfg.output_dir or cfg.data.cache_dir) / "silos"
+    """One in-process silo per domain, working under ``<silo_dir>/<name>`` (default silo dir:
+    ``<output or cache dir>/silos``)."""
+    root = Path(cfg.silo_dir) if cfg.silo_dir else Path(cfg.output_dir or cfg.data.cache_dir) / "silos"
     fed = cfg.federation
     return [Silo(SiloConfig(d.name, str(root / d.name), fed.query_budget, d.name in fed.eval_only,
                             str(Path(cfg.data.cache_dir) / "features")), lambda d=d: d)

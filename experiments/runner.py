@@ -101,9 +101,10 @@ def run_dir(out: Path, setting: Setting, seed: int) -> Path:
     return out / "runs" / safe / f"seed{seed}"
 
 
-def run_one(raw: dict, folder: Path, mode: str) -> dict:
-    """One (setting, seed) run, in-process or through the Flower simulation."""
-    cfg = from_dict(PipelineConfig, {**raw, "output_dir": str(folder)})
+def run_one(raw: dict, folder: Path, mode: str, silo_dir: Path) -> dict:
+    """One (setting, seed) run, in-process or through the Flower simulation; the silos of
+    every run keep their work in ``silo_dir``, so runs with the same training reuse it."""
+    cfg = from_dict(PipelineConfig, {**raw, "output_dir": str(folder), "silo_dir": str(silo_dir)})
     if mode == "in-process":
         return run_pipeline(cfg)
     experiment = folder / "experiment.yaml"
@@ -111,7 +112,7 @@ def run_one(raw: dict, folder: Path, mode: str) -> dict:
     experiment.write_text(json.dumps(to_dict(cfg)))
     run = subprocess.run([sys.executable, "-m", "coordinator.launch", "simulate", "--experiment",
                           str(experiment), "--output", str(folder), "--flwr-home",
-                          str(folder / "flwr-home"), "-c", f"work-dir={folder / 'silos'}"],
+                          str(folder / "flwr-home"), "-c", f"work-dir={silo_dir}"],
                          cwd=ROOT, capture_output=True, text=True)
     (folder / "simulation.log").write_text(run.stdout + run.stderr)
     if run.returncode != 0:
@@ -317,7 +318,7 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
         if report_only:
             continue
         print(f"[{i}/{len(todo)}] {exp.name}: {setting.label}, seed {seed} ({mode})", flush=True)
-        report = run_one(raw, folder, mode)
+        report = run_one(raw, folder, mode, out / "silos")
         if exp.attack:
             report["attack"] = leakage(raw, folder, report)
         atomic_write_text(done, json.dumps(report, default=str))

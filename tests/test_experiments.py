@@ -69,6 +69,9 @@ def test_sharing_unseen_and_method_experiments_end_to_end(tmp_path):
     assert queries["weights only"] == 0 < queries["budget 30"] <= 30 < queries["full answers"]
     assert sent["weights only"] < sent["budget 30"] < sent["full answers"]
     assert sent["top-5"] < sent["full answers"]
+    # the silos of every run share one work dir: later settings reuse the fine-tuned models
+    later = json.loads((out / "runs" / "full_answers" / "seed0" / "run.json").read_text())
+    assert all(t["reused_checkpoint"] == 1.0 for t in later["training"].values())
     report = (out / "report.md").read_text()
     assert "averaged over the evaluation-only (unseen) domains" in report
     unseen = report.split("evaluation-only (unseen) domains")[1]
