@@ -4,9 +4,10 @@ Every user contributes one training row (its last ``max_len + 1`` items, next-it
 every position), so clipping each row's gradient bounds each user's influence. Users are
 Poisson-sampled with rate ``batch_size / users``; per-user gradients (``torch.func.vmap`` over
 the sampled users, loss averaged over each user's positions) are clipped to ``clip_norm``,
-summed, and Gaussian noise with standard deviation ``noise_multiplier · clip_norm`` is added before dividing by the expected batch size.
-AdamW then post-processes the noisy gradient. By default only the sequence tower and β are
-trained; the item tower stays at θ₀ (see :class:`common.privacy.DPConfig`). There is no early stopping: choosing an epoch by
+summed, and Gaussian noise with standard deviation ``noise_multiplier · clip_norm`` is added
+before dividing by the expected batch size. AdamW then post-processes the noisy gradient. By
+default only the sequence tower and β are trained; the item tower stays at θ₀ (see
+:class:`common.privacy.DPConfig`). There is no early stopping: choosing an epoch by
 validation on private data would spend privacy outside the accountant; the final weights are
 kept and ε is what the PLD accountant reports for the steps actually taken.
 """
@@ -24,7 +25,7 @@ from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import TextSeqRec
 from ..privacy.accountant import calibrate_noise, dp_epsilon
-from ..runtime import compute_device
+from ..runtime import on_device
 from .batching import TrainBatch, make_batch, training_sequences
 from .finetune import TrainConfig, TrainResult, cpu_state, user_losses
 
@@ -87,40 +88,42 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg:
         calibrate_noise(dp.epsilon, q, steps, delta)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # sampling and noise: same on every device
-    device = compute_device()
-    model.to(device)
-    if not dp.train_item_tower:
-        model.item_tower.requires_grad_(False)
-    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-    feats = features.float().to(device)
-    start = time.perf_counter()
-    model.train()
-    clipped_share = []
-    for _ in tqdm(range(steps), desc=f"DP fine-tune {domain.name}", disable=not cfg.progress,
-                  leave=False):
-        picked = (torch.rand(n, generator=gen) < q).nonzero().flatten().tolist()
-        if picked:
-            batch = make_batch(0, [rows[i] for i in picked], model.cfg.max_len).to(device)
-            total, clipped = clipped_gradient_sum(model, feats, batch, dp.clip_norm)
-            clipped_share.append(clipped / len(picked))
-        else:
-            total = {k: torch.zeros_like(p) for k, p in params.items()}
-        for k, p in params.items():
-            noise = torch.randn(p.shape, generator=gen).to(device) * sigma * dp.clip_norm
-            p.grad = (total[k] + noise) / (q * n)
-        opt.step()
-        sched.step()
-    model.eval()
-    val = evaluate_model(model, domain, feats, EvalConfig(split="val", ks=(10,),
-                                                          max_users=cfg.val_max_users))
-    privacy = {"dp_epsilon": dp_epsilon(sigma, q, steps, delta), "dp_delta": delta,
-               "dp_noise_multiplier": sigma, "dp_sample_rate": q, "dp_steps": float(steps),
-               "dp_clipped_share": sum(clipped_share) / max(1, len(clipped_share))}
-    state = cpu_state(model)
-    model.to("cpu").requires_grad_(True)
+    try:
+        with on_device(model) as device:
+            if not dp.train_item_tower:
+                model.item_tower.requires_grad_(False)
+            params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+            opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
+            feats = features.float().to(device)
+            start = time.perf_counter()
+            model.train()
+            clipped_share = []
+            bar = tqdm(range(steps), desc=f"DP fine-tune {domain.name}",
+                       disable=not cfg.progress, leave=False)
+            for _ in bar:
+                picked = (torch.rand(n, generator=gen) < q).nonzero().flatten().tolist()
+                if picked:
+                    batch = make_batch(0, [rows[i] for i in picked], model.cfg.max_len).to(device)
+                    total, clipped = clipped_gradient_sum(model, feats, batch, dp.clip_norm)
+                    clipped_share.append(clipped / len(picked))
+                else:
+                    total = {k: torch.zeros_like(p) for k, p in params.items()}
+                for k, p in params.items():
+                    noise = torch.randn(p.shape, generator=gen).to(device) * sigma * dp.clip_norm
+                    p.grad = (total[k] + noise) / (q * n)
+                opt.step()
+                sched.step()
+            model.eval()
+            val = evaluate_model(model, domain, feats, EvalConfig(split="val", ks=(10,),
+                                                                  max_users=cfg.val_max_users))
+            privacy = {"dp_epsilon": dp_epsilon(sigma, q, steps, delta), "dp_delta": delta,
+                       "dp_noise_multiplier": sigma, "dp_sample_rate": q, "dp_steps": float(steps),
+                       "dp_clipped_share": sum(clipped_share) / max(1, len(clipped_share))}
+            state = cpu_state(model)
+    finally:
+        model.requires_grad_(True)  # the item tower may have been frozen
     return TrainResult(state, cfg.epochs, val.metrics["ndcg@10"],
                        [{"epoch": cfg.epochs, "val_ndcg@10": val.metrics["ndcg@10"]}],
                        time.perf_counter() - start, privacy)

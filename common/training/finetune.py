@@ -13,7 +13,7 @@ from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import TextSeqRec, position_histories, prefix_histories
 from ..privacy.accountant import DPConfig
-from ..runtime import autocast_bf16, compute_device
+from ..runtime import autocast_bf16, on_device
 from .batching import TrainBatch, bucketed_batches, training_sequences
 
 
@@ -89,43 +89,42 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-    device = compute_device()
-    model.to(device)
-    val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
-    feats = [f.float().to(device) for f in features]
+    with on_device(model) as device:
+        val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
+        feats = [f.float().to(device) for f in features]
 
-    def validate() -> float:
-        scores = [evaluate_model(model, d, f, val_cfg).metrics["ndcg@10"]
-                  for d, f in zip(domains, feats)]
-        return sum(scores) / len(scores)
+        def validate() -> float:
+            scores = [evaluate_model(model, d, f, val_cfg).metrics["ndcg@10"]
+                      for d, f in zip(domains, feats)]
+            return sum(scores) / len(scores)
 
-    start = time.perf_counter()
-    best_val, best_epoch = validate(), 0
-    best_state = cpu_state(model)
-    history = [{"epoch": 0, "loss": float("nan"), "val_ndcg@10": best_val}]
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"fine-tune {'+'.join(d.name for d in domains)}",
-               disable=not cfg.progress, leave=False)
-    for epoch in bar:
-        model.train()
-        total, count = 0.0, 0
-        for batch in bucketed_batches(per_domain, cfg.batch_size, max_len, gen):
-            batch = batch.to(device)
-            with autocast_bf16(device, cfg.bf16):
-                item_emb = model.encode_items(feats[batch.domain])
-                loss = next_item_loss(model, item_emb, batch, model.cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            n = int(batch.mask.sum())
-            total, count = total + loss.item() * n, count + n
-        val = validate()
-        history.append({"epoch": epoch, "loss": total / max(1, count), "val_ndcg@10": val})
-        bar.set_postfix(loss=f"{total / max(1, count):.3f}", val=f"{val:.4f}")
-        if val > best_val:
-            best_val, best_epoch = val, epoch
-            best_state = cpu_state(model)
-        elif epoch - best_epoch >= cfg.patience:
-            break
-    model.to("cpu").load_state_dict(best_state)
+        start = time.perf_counter()
+        best_val, best_epoch = validate(), 0
+        best_state = cpu_state(model)
+        history = [{"epoch": 0, "loss": float("nan"), "val_ndcg@10": best_val}]
+        bar = tqdm(range(1, cfg.epochs + 1), desc=f"fine-tune {'+'.join(d.name for d in domains)}",
+                   disable=not cfg.progress, leave=False)
+        for epoch in bar:
+            model.train()
+            total, count = 0.0, 0
+            for batch in bucketed_batches(per_domain, cfg.batch_size, max_len, gen):
+                batch = batch.to(device)
+                with autocast_bf16(device, cfg.bf16):
+                    item_emb = model.encode_items(feats[batch.domain])
+                    loss = next_item_loss(model, item_emb, batch, model.cfg.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                n = int(batch.mask.sum())
+                total, count = total + loss.item() * n, count + n
+            val = validate()
+            history.append({"epoch": epoch, "loss": total / max(1, count), "val_ndcg@10": val})
+            bar.set_postfix(loss=f"{total / max(1, count):.3f}", val=f"{val:.4f}")
+            if val > best_val:
+                best_val, best_epoch = val, epoch
+                best_state = cpu_state(model)
+            elif epoch - best_epoch >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
     return TrainResult(best_state, best_epoch, best_val, history, time.perf_counter() - start)
