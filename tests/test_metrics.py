@@ -25,3 +25,12 @@ def test_metrics_by_hand():
     assert math.isclose(m["ndcg@5"], expected_ndcg5, rel_tol=1e-12)
     assert math.isclose(m["mrr"], (1 + 1 / 2 + 1 / 5 + 1 / 13) / 4, rel_tol=1e-12)
     assert ndcg_single(0, 10) == 1.0 and ndcg_single(10, 10) == 0.0
+
+
+def test_target_ranks_match_a_stable_sort_with_many_ties():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (64, 30), generator=gen).float()  # ties everywhere
+    targets = torch.randint(0, 30, (64,), generator=gen)
+    order = torch.sort(-scores, dim=1, stable=True).indices  # lower index first among ties
+    expected = (order == targets[:, None]).float().argmax(1)
+    assert target_ranks(scores, targets).tolist() == expected.tolist()

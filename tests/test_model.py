@@ -50,20 +50,28 @@ def test_history_masking_changes_protocol_and_scores():
 
 
 def test_history_terms():
-    from common.model.recommender import history_multi_hot, position_histories, prefix_histories
+    from common.model.recommender import (history_multi_hot, position_history_index,
+                                          prefix_histories)
 
     seqs = torch.tensor([[3, 1, 0], [2, 0, 0]])
     lengths = torch.tensor([3, 1])
     hot = history_multi_hot(seqs, lengths, 5)
     assert hot.tolist() == [[1, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
     mask = torch.arange(3)[None] < lengths[:, None]
-    pos = position_histories(seqs, mask, 5)
+    def dense(index: tuple[torch.Tensor, torch.Tensor], rows: int) -> list[list[float]]:
+        out = torch.zeros(rows, 5)
+        out.index_put_(index, torch.ones(len(index[0])), accumulate=True)  # a repeat would add 2
+        return out.tolist()
+
     # real positions: (0,0) {3}, (0,1) {3,1}, (0,2) {3,1,0}, (1,0) {2}
-    assert pos.tolist() == [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [1, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
-    dense = prefix_histories(torch.tensor([[3, 1, 3], [2, 0, 0]]), lengths, 5)  # repeat of 3
-    assert dense[mask].tolist() == [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [0, 1, 0, 1, 0],
-                                    [0, 0, 1, 0, 0]]
-    assert dense[~mask].abs().sum() == 0
+    assert dense(position_history_index(seqs, mask, 5), 4) == [
+        [0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [1, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
+    repeat = torch.tensor([[3, 1, 3], [2, 0, 0]])
+    expected = [[0, 0, 0, 1, 0], [0, 1, 0, 1, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0]]
+    assert dense(position_history_index(repeat, mask, 5), 4) == expected
+    prefix = prefix_histories(repeat, lengths, 5)
+    assert prefix[mask].tolist() == expected
+    assert prefix[~mask].abs().sum() == 0
 
 
 def test_history_weight_shifts_scores_of_history_items():
@@ -95,3 +103,25 @@ def test_compute_device_follows_the_environment(monkeypatch):
             compute_device()
         monkeypatch.setenv("MERGEREC_DEVICE", "auto")
         assert compute_device() == torch.device("cpu")
+
+
+def test_logits_with_sparse_history_match_dense_scores_and_gradients():
+    from common.model.recommender import history_multi_hot, history_index
+
+    torch.manual_seed(0)
+    feats = torch.randn(12, 16)
+    model = build_base_model(ModelConfig(text_dim=16, hidden=8, max_len=8), seed=1)
+    with torch.no_grad():
+        model.history_weight.fill_(0.3)
+    seqs = torch.tensor([[3, 1, 3], [2, 0, 0]])  # a repeated item counts once
+    lengths = torch.tensor([3, 1])
+    users = torch.randn(2, 16)
+    real = torch.arange(3)[None] < lengths[:, None]
+    rows = torch.arange(2)[:, None].expand_as(seqs)
+    sparse = model.logits(users, model.encode_items(feats),
+                          history_index(rows[real], seqs[real], 12), 1 / 0.05)
+    (g_sparse,) = torch.autograd.grad(sparse.logsumexp(1).sum(), model.history_weight)
+    dense = model.score(users, model.encode_items(feats), history_multi_hot(seqs, lengths, 12)) / 0.05
+    (g_dense,) = torch.autograd.grad(dense.logsumexp(1).sum(), model.history_weight)
+    assert torch.allclose(sparse, dense, atol=1e-5)
+    assert torch.allclose(g_sparse, g_dense, rtol=1e-5)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -75,14 +76,19 @@ class SequenceTower(nn.Module):
         self.gate = nn.Parameter(torch.zeros(2))
         self.max_len = cfg.max_len
 
-    def forward(self, seq_emb: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``seq_emb`` [B, L, D] left-aligned, right-padded; returns [B, L, D] per position."""
+    def forward(self, seq_emb: torch.Tensor, lengths: torch.Tensor,
+                at: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """``seq_emb`` [B, L, D] left-aligned, right-padded; returns [B, L, D] per position, or
+        [P, D] at the positions ``at`` (an index into [B, L]) only: the output branches then
+        run on those positions alone."""
         b, length, _ = seq_emb.shape
         pos = torch.arange(length, device=seq_emb.device)
         h = self.drop(self.inp(seq_emb) + self.pos(pos)[None])
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=h.device), 1)
         for block in self.blocks:
             h = block(h, src_mask=causal)
+        if at is not None:
+            seq_emb, h = seq_emb[at], h[at]
         return seq_emb + self.gate[0] * self.skip(seq_emb) + self.gate[1] * self.out(self.norm(h))
 
 
@@ -116,16 +122,17 @@ class TextSeqRec(nn.Module):
         """Unnormalised item vectors [N, D] from text vectors [N, text_dim]."""
         return self.item_tower(text)
 
-    def sequence_states(self, item_emb: torch.Tensor, seqs: torch.Tensor,
-                        lengths: torch.Tensor) -> torch.Tensor:
-        """User vectors at every position [B, L, D]; ``seqs`` padded with any valid id."""
-        return self.seq_tower(item_emb[seqs], lengths)
+    def sequence_states(self, item_emb: torch.Tensor, seqs: torch.Tensor, lengths: torch.Tensor,
+                        at: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """User vectors at every position [B, L, D], or [P, D] at the positions ``at``;
+        ``seqs`` padded with any valid id."""
+        return self.seq_tower(item_emb[seqs], lengths, at)
 
     def encode_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
                          lengths: torch.Tensor) -> torch.Tensor:
         """User vectors [B, D] after the last real item of each sequence."""
-        states = self.sequence_states(item_emb, seqs, lengths)
-        return states[torch.arange(len(seqs)), lengths - 1]
+        last = (torch.arange(len(seqs), device=seqs.device), lengths - 1)
+        return self.sequence_states(item_emb, seqs, lengths, last)
 
     def score(self, users: torch.Tensor, item_emb: torch.Tensor,
               history: torch.Tensor | None = None,
@@ -141,11 +148,27 @@ class TextSeqRec(nn.Module):
         beta = self.history_weight if history_weight is None else history_weight
         return cos + beta * history
 
+    def logits(self, users: torch.Tensor, item_emb: torch.Tensor,
+               history: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        """``scale`` times :meth:`score` [B, N], with the history given as (row, item) index
+        pairs (:func:`history_index`) instead of a dense multi-hot.
+
+        The scale is applied to the [B, D] user side and β is added in place at the history
+        entries, so no extra [B, N] temporaries are made (the full-softmax step's hot path).
+        """
+        out = (F.normalize(users, dim=-1) * scale) @ F.normalize(item_emb, dim=-1).T
+        rows, items = history
+        return out.index_put_((rows, items), (self.history_weight * scale).expand(len(rows)),
+                              accumulate=True)
+
     def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
                         lengths: torch.Tensor) -> torch.Tensor:
         """Scores [B, N] of padded histories against all items (towers + history term)."""
         users = self.encode_sequences(item_emb, seqs, lengths)
-        return self.score(users, item_emb, history_multi_hot(seqs, lengths, len(item_emb)))
+        real = torch.arange(seqs.shape[1], device=seqs.device)[None] < lengths[:, None]
+        rows = torch.arange(len(seqs), device=seqs.device)[:, None].expand_as(seqs)
+        return self.logits(users, item_emb, history_index(rows[real], seqs[real], len(item_emb)),
+                           1.0)
 
     def layer_groups(self) -> dict[str, str]:
         """Parameter name -> layer group, used by layer-wise merging."""
@@ -178,13 +201,12 @@ def build_base_model(cfg: ModelConfig, seed: int = 0) -> TextSeqRec:
 def pad_sequences(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the last ``max_len`` items of each sequence; left-align and pad with item 0."""
     cut = [s[-max_len:] for s in seqs]
-    lengths = torch.tensor([len(s) for s in cut], dtype=torch.long)
+    lengths = np.array([len(s) for s in cut], dtype=np.int64)
     if (lengths == 0).any():
         raise ValueError("empty history: every sequence needs at least one item")
-    out = torch.zeros(len(cut), int(lengths.max()), dtype=torch.long)
-    for r, s in enumerate(cut):
-        out[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out, lengths
+    out = np.zeros((len(cut), int(lengths.max())), dtype=np.int64)
+    out[np.arange(out.shape[1])[None] < lengths[:, None]] = np.concatenate(cut)
+    return torch.from_numpy(out), torch.from_numpy(lengths)
 
 
 def history_multi_hot(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int) -> torch.Tensor:
@@ -197,17 +219,25 @@ def history_multi_hot(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int)
     return out
 
 
-def position_histories(seqs: torch.Tensor, mask: torch.Tensor, num_items: int) -> torch.Tensor:
-    """[P, N] multi-hot of the prefix ``seqs[b, :t+1]`` for every real position (b, t)."""
+def history_index(rows: torch.Tensor, items: torch.Tensor, num_items: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct (row, item) pairs: a sparse multi-hot (an item repeated in a history counts
+    once, as in :func:`history_multi_hot`)."""
+    key = torch.unique(rows * num_items + items)
+    return key // num_items, key % num_items
+
+
+def position_history_index(seqs: torch.Tensor, mask: torch.Tensor, num_items: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse multi-hot of the prefix ``seqs[b, :t+1]`` for every real position (b, t): pairs
+    (row among the real positions in row-major order, item)."""
     b, length = seqs.shape
     dev = seqs.device
     row_of = torch.full((b, length), -1, dtype=torch.long, device=dev)
     row_of[mask] = torch.arange(int(mask.sum()), device=dev)
     tri = torch.tril(torch.ones(length, length, dtype=torch.bool, device=dev))
     bi, ti, si = (mask[:, :, None] & tri[None]).nonzero(as_tuple=True)
-    out = torch.zeros(int(mask.sum()), num_items, device=dev)
-    out[row_of[bi, ti], seqs[bi, si]] = 1.0
-    return out
+    return history_index(row_of[bi, ti], seqs[bi, si], num_items)
 
 
 def prefix_histories(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int) -> torch.Tensor:

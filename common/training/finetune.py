@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
-from ..model.recommender import TextSeqRec, position_histories, prefix_histories
+from ..model.recommender import TextSeqRec, position_history_index, prefix_histories
 from ..privacy.accountant import DPConfig
 from ..runtime import autocast_bf16, on_device
 from .batching import TrainBatch, bucketed_batches, training_sequences
@@ -50,9 +50,10 @@ class TrainResult:
 def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch, temperature: float
                    ) -> torch.Tensor:
     """Full-softmax cross-entropy at every real position of the batch."""
-    states = model.sequence_states(item_emb, batch.seqs, batch.lengths)
-    history = position_histories(batch.seqs, batch.mask, len(item_emb))
-    logits = model.score(states[batch.mask], item_emb, history) / temperature
+    states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
+                                   batch.mask.nonzero(as_tuple=True))
+    history = position_history_index(batch.seqs, batch.mask, len(item_emb))
+    logits = model.logits(states, item_emb, history, 1.0 / temperature)
     return F.cross_entropy(logits.float(), batch.targets[batch.mask])
 
 
