@@ -182,7 +182,8 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
     models: dict[str, StateDict] = {"zero-shot base θ₀": base}
     models.update({f"fine-tuned on {n}": finetuned[n] for n in names})
     if extra_models is not None:
-        models.update(extra_models(base, model_cfg))
+        models.update(stages.run("non-federated baselines (joint training)", extra_models, base,
+                                 model_cfg))
     for mcfg in cfg.merges:
         label = mcfg.method.replace("_", " ")
         models[label] = stages.run(f"merge {label}",
