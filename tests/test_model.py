@@ -125,3 +125,19 @@ def test_logits_with_sparse_history_match_dense_scores_and_gradients():
     (g_dense,) = torch.autograd.grad(dense.logsumexp(1).sum(), model.history_weight)
     assert torch.allclose(sparse, dense, atol=1e-5)
     assert torch.allclose(g_sparse, g_dense, rtol=1e-5)
+
+
+def test_training_loss_runs_under_bf16_autocast():
+    """CPUs with native bf16 train under autocast: the sparse history term must still apply."""
+    from common.training.batching import make_batch
+    from common.training.finetune import next_item_loss
+
+    torch.manual_seed(0)
+    model = build_base_model(ModelConfig(text_dim=16, hidden=8, max_len=8), seed=1)
+    feats = torch.randn(12, 16)
+    batch = make_batch(0, [[1, 2, 3, 2], [4, 5]], 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = next_item_loss(model, model.encode_items(feats), batch, 0.05)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert model.history_weight.grad is not None and model.history_weight.grad.abs() > 0

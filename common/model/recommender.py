@@ -156,7 +156,8 @@ class TextSeqRec(nn.Module):
         The scale is applied to the [B, D] user side and β is added in place at the history
         entries, so no extra [B, N] temporaries are made (the full-softmax step's hot path).
         """
-        out = (F.normalize(users, dim=-1) * scale) @ F.normalize(item_emb, dim=-1).T
+        # fp32 logits also under bf16 autocast (a no-op copy otherwise)
+        out = ((F.normalize(users, dim=-1) * scale) @ F.normalize(item_emb, dim=-1).T).float()
         rows, items = history
         return out.index_put_((rows, items), (self.history_weight * scale).expand(len(rows)),
                               accumulate=True)
