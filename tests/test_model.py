@@ -106,7 +106,7 @@ def test_compute_device_follows_the_environment(monkeypatch):
 
 
 def test_logits_with_sparse_history_match_dense_scores_and_gradients():
-    from common.model.recommender import history_multi_hot, history_index
+    from common.model.recommender import history_multi_hot, sequence_history_index
 
     torch.manual_seed(0)
     feats = torch.randn(12, 16)
@@ -116,10 +116,8 @@ def test_logits_with_sparse_history_match_dense_scores_and_gradients():
     seqs = torch.tensor([[3, 1, 3], [2, 0, 0]])  # a repeated item counts once
     lengths = torch.tensor([3, 1])
     users = torch.randn(2, 16)
-    real = torch.arange(3)[None] < lengths[:, None]
-    rows = torch.arange(2)[:, None].expand_as(seqs)
     sparse = model.logits(users, model.encode_items(feats),
-                          history_index(rows[real], seqs[real], 12), 1 / 0.05)
+                          sequence_history_index(seqs, lengths, 12), 1 / 0.05)
     (g_sparse,) = torch.autograd.grad(sparse.logsumexp(1).sum(), model.history_weight)
     dense = model.score(users, model.encode_items(feats), history_multi_hot(seqs, lengths, 12)) / 0.05
     (g_dense,) = torch.autograd.grad(dense.logsumexp(1).sum(), model.history_weight)

@@ -166,9 +166,7 @@ class TextSeqRec(nn.Module):
                         lengths: torch.Tensor) -> torch.Tensor:
         """Scores [B, N] of padded histories against all items (towers + history term)."""
         users = self.encode_sequences(item_emb, seqs, lengths)
-        real = torch.arange(seqs.shape[1], device=seqs.device)[None] < lengths[:, None]
-        rows = torch.arange(len(seqs), device=seqs.device)[:, None].expand_as(seqs)
-        return self.logits(users, item_emb, history_index(rows[real], seqs[real], len(item_emb)),
+        return self.logits(users, item_emb, sequence_history_index(seqs, lengths, len(item_emb)),
                            1.0)
 
     def layer_groups(self) -> dict[str, str]:
@@ -210,22 +208,27 @@ def pad_sequences(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, to
     return torch.from_numpy(out), torch.from_numpy(lengths)
 
 
-def history_multi_hot(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int) -> torch.Tensor:
-    """[B, N] with 1 at every item of each (padded) history."""
-    dev = seqs.device
-    out = torch.zeros(len(seqs), num_items, device=dev)
-    real = torch.arange(seqs.shape[1], device=dev)[None] < lengths[:, None]
-    rows = torch.arange(len(seqs), device=dev)[:, None].expand_as(seqs)
-    out[rows[real], seqs[real]] = 1.0
-    return out
-
-
 def history_index(rows: torch.Tensor, items: torch.Tensor, num_items: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct (row, item) pairs: a sparse multi-hot (an item repeated in a history counts
-    once, as in :func:`history_multi_hot`)."""
+    once)."""
     key = torch.unique(rows * num_items + items)
     return key // num_items, key % num_items
+
+
+def sequence_history_index(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse multi-hot of each (padded) history: distinct (row, item) pairs."""
+    real = torch.arange(seqs.shape[1], device=seqs.device)[None] < lengths[:, None]
+    rows = torch.arange(len(seqs), device=seqs.device)[:, None].expand_as(seqs)
+    return history_index(rows[real], seqs[real], num_items)
+
+
+def history_multi_hot(seqs: torch.Tensor, lengths: torch.Tensor, num_items: int) -> torch.Tensor:
+    """[B, N] with 1 at every item of each (padded) history."""
+    out = torch.zeros(len(seqs), num_items, device=seqs.device)
+    out[sequence_history_index(seqs, lengths, num_items)] = 1.0
+    return out
 
 
 def position_history_index(seqs: torch.Tensor, mask: torch.Tensor, num_items: int
