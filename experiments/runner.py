@@ -16,6 +16,8 @@ An experiment YAML::
       - {label: "ε=8", set: {train: {dp: {epsilon: 8}}}, epsilon: 8}
     attack: true                      # membership inference per silo (needs data.holdout_fraction)
     headline: mergerec task-wise      # the method the summary and plots follow
+    silo_dir: ../../results/benchmark/silos  # optional (relative to this file): reuse another
+                                      # run's silo work (checkpoints); default results/<name>/silos
 
 Each (setting, seed) run writes ``runs/<setting>/seed<k>/`` (report.json, ledger, weights);
 a finished run is never re-run, so an interrupted experiment resumes, and ``--report-only``
@@ -67,6 +69,7 @@ class ExperimentConfig:
     common: dict[str, Any] = field(default_factory=dict)
     attack: bool = False
     headline: str = "mergerec task-wise"
+    silo_dir: str | None = None
 
 
 def deep_merge(base: dict, changes: dict) -> dict:
@@ -90,6 +93,8 @@ def load_experiment(path: Path) -> tuple[ExperimentConfig, dict]:
     if exp.data_dir:
         for src in base.get("data", {}).get("sources", []):
             src["path"] = str((path.parent / exp.data_dir / src["path"]).resolve())
+    if exp.silo_dir:
+        exp.silo_dir = str((path.parent / exp.silo_dir).resolve())
     labels = [s.label for s in exp.settings]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: setting labels must be unique, got {labels}")
@@ -318,7 +323,7 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
         if report_only:
             continue
         print(f"[{i}/{len(todo)}] {exp.name}: {setting.label}, seed {seed} ({mode})", flush=True)
-        report = run_one(raw, folder, mode, out / "silos")
+        report = run_one(raw, folder, mode, Path(exp.silo_dir) if exp.silo_dir else out / "silos")
         if exp.attack:
             report["attack"] = leakage(raw, folder, report)
         atomic_write_text(done, json.dumps(report, default=str))

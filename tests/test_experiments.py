@@ -77,6 +77,14 @@ def test_sharing_unseen_and_method_experiments_end_to_end(tmp_path):
     unseen = report.split("evaluation-only (unseen) domains")[1]
     assert "| mergerec task-wise | — / — | — / — | — / — | — / — | 0." in unseen
     assert "| rec only |" in report
+    # another experiment can work in this one's silo folder (silo_dir, relative to its file)
+    other = {"name": "tiny-reuse", "base": "base.yaml", "seeds": [0], "silo_dir": "results/silos",
+             "settings": [{"label": "again", "set": {"learned": []}}]}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    again = run_experiment(tmp_path / "other.yaml", mode="in-process", output=tmp_path / "other")
+    run = json.loads((again / "runs" / "again" / "seed0" / "run.json").read_text())
+    assert all(t["reused_checkpoint"] == 1.0 for t in run["training"].values())
+    assert not (again / "silos").exists()
 
 
 def test_shipped_experiments_are_valid():
@@ -88,14 +96,16 @@ def test_shipped_experiments_are_valid():
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
     names = set()
-    for name in ("sharing", "dp", "unseen", "methods"):
+    for name in ("sharing", "dp", "unseen", "methods", "learned-variants"):
         exp, base = load_experiment(configs / f"{name}.yaml")
         names.add(exp.name)
-        assert len(exp.seeds) >= 2
+        assert len(exp.seeds) >= 2 or name == "learned-variants"  # reuses the benchmark's run
         for setting in exp.settings:
             cfg = from_dict(PipelineConfig, deep_merge(deep_merge(base, exp.common), setting.set))
             assert [s.name for s in cfg.data.sources] == ["Beauty", "Pantry", "Sports"]
-    assert names == {"sharing", "dp", "unseen", "methods"}
+    assert names == {"sharing", "dp", "unseen", "methods", "learned-variants"}
+    exp, _ = load_experiment(configs / "learned-variants.yaml")
+    assert Path(exp.silo_dir) == configs.parents[1] / "results" / "benchmark" / "silos"
 
 
 @pytest.mark.slow

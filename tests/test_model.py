@@ -135,7 +135,7 @@ def test_training_loss_runs_under_bf16_autocast():
     feats = torch.randn(12, 16)
     batch = make_batch(0, [[1, 2, 3, 2], [4, 5]], 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = next_item_loss(model, model.encode_items(feats), batch, 0.05)
+        loss = next_item_loss(model, model.encode_items(feats), batch)
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert model.history_weight.grad is not None and model.history_weight.grad.abs() > 0

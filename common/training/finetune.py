@@ -47,14 +47,13 @@ class TrainResult:
     privacy: dict[str, float] = field(default_factory=dict)
 
 
-def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch, temperature: float
-                   ) -> torch.Tensor:
-    """Full-softmax cross-entropy at every real position of the batch."""
+def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+    """Full-softmax cross-entropy at every real position of the batch (fp32 logits)."""
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
                                    batch.mask.nonzero(as_tuple=True))
     history = position_history_index(batch.seqs, batch.mask, len(item_emb))
-    logits = model.logits(states, item_emb, history, 1.0 / temperature)
-    return F.cross_entropy(logits.float(), batch.targets[batch.mask])
+    logits = model.logits(states, item_emb, history, 1.0 / model.cfg.temperature)
+    return F.cross_entropy(logits, batch.targets[batch.mask])
 
 
 def user_losses(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
@@ -112,7 +111,7 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
                 batch = batch.to(device)
                 with autocast_bf16(device, cfg.bf16):
                     item_emb = model.encode_items(feats[batch.domain])
-                    loss = next_item_loss(model, item_emb, batch, model.cfg.temperature)
+                    loss = next_item_loss(model, item_emb, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
