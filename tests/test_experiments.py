@@ -106,6 +106,23 @@ def test_shipped_experiments_are_valid():
     assert names == {"sharing", "dp", "unseen", "methods", "learned-variants"}
     exp, _ = load_experiment(configs / "learned-variants.yaml")
     assert Path(exp.silo_dir) == configs.parents[1] / "results" / "benchmark" / "silos"
+    exp, base = load_experiment(configs / "branch-init.yaml")  # on the synthetic default
+    inits = [from_dict(PipelineConfig, deep_merge(deep_merge(base, exp.common), s.set)).model.branch_init
+             for s in exp.settings]
+    assert inits == ["rezero", "zero_out"]
+
+
+def test_shipped_benchmark_configs_differ_only_where_named():
+    from pathlib import Path
+
+    from common.config import load_yaml
+    from common.experiment import PipelineConfig
+
+    configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    ref, zero = (load_yaml(PipelineConfig, configs / f) for f in ("amazon3.yaml", "amazon3-zero-out.yaml"))
+    assert (ref.model.branch_init, zero.model.branch_init) == ("rezero", "zero_out")
+    zero.model.branch_init = "rezero"
+    assert zero == ref
 
 
 @pytest.mark.slow

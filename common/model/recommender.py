@@ -12,11 +12,19 @@ at zero, so the untrained base model
 θ₀ ranks items exactly by text similarity to the last history item: a meaningful zero-shot
 recommender. Because nothing is item-id specific, one set of weights serves any domain
 (including unseen ones) given that domain's text vectors.
+
+``branch_init="zero_out"`` starts the branches the other way round: output projections at
+zero, gates at ``1 / fan_in`` (θ₀ scores the same). With a zero gate over a random projection
+the sign of a gate's first step depends on how that random map happens to correlate with the
+domain's gradient, so silos fine-tuned from one θ₀ can settle into mirrored solutions (gates of
+opposite sign) whose weights cancel when merged; zero projections grow along each domain's own
+gradient instead. Which merges better depends on the data (README, "Branch initialisation").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,6 +44,7 @@ class ModelConfig:
     dropout: float = 0.1
     item_hidden: int = 256
     temperature: float = 0.05
+    branch_init: Literal["rezero", "zero_out"] = "rezero"
 
 
 class ItemTower(nn.Module):
@@ -104,6 +113,21 @@ class TextSeqRec(nn.Module):
         self.item_tower = ItemTower(cfg)
         self.seq_tower = SequenceTower(cfg)
         self.history_weight = nn.Parameter(torch.zeros(1))
+        if cfg.branch_init == "zero_out":
+            self._zero_branch_outputs()
+        elif cfg.branch_init != "rezero":
+            raise ValueError(f"branch_init must be 'rezero' or 'zero_out', got {cfg.branch_init!r}")
+
+    @torch.no_grad()
+    def _zero_branch_outputs(self) -> None:
+        """Zero every residual branch's output projection; gates start at ``1 / fan_in``."""
+        item, seq = self.item_tower, self.seq_tower
+        for layer in (item.out, seq.out, seq.skip):
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+        item.gate.fill_(1.0 / item.out.in_features)
+        seq.gate.copy_(torch.tensor([1.0 / seq.skip.in_features, 1.0 / seq.out.in_features]))
 
     def forward(self, item_text: torch.Tensor, seqs: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> torch.Tensor:
