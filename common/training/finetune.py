@@ -15,6 +15,7 @@ from ..model.recommender import TextSeqRec, position_history_index, prefix_histo
 from ..privacy.accountant import DPConfig
 from ..runtime import autocast_bf16, on_device
 from .batching import TrainBatch, bucketed_batches, training_sequences
+from .softmax_loss import cosine_softmax_cross_entropy, unit_normalize
 
 
 @dataclass
@@ -48,12 +49,14 @@ class TrainResult:
 
 
 def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
-    """Full-softmax cross-entropy at every real position of the batch (fp32 logits)."""
+    """Full-softmax cross-entropy at every real position of the batch (fp32 logits, fused:
+    :func:`~common.training.softmax_loss.cosine_softmax_cross_entropy`)."""
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
                                    batch.mask.nonzero(as_tuple=True))
     history = position_history_index(batch.seqs, batch.mask, len(item_emb))
-    logits = model.logits(states, item_emb, history, 1.0 / model.cfg.temperature)
-    return F.cross_entropy(logits, batch.targets[batch.mask])
+    return cosine_softmax_cross_entropy(
+        unit_normalize(states), unit_normalize(item_emb), model.history_weight,
+        history, batch.targets[batch.mask], 1.0 / model.cfg.temperature)
 
 
 def user_losses(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
