@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from common.evaluation import metrics_from_ranks, ndcg_single, target_ranks
@@ -34,3 +35,20 @@ def test_target_ranks_match_a_stable_sort_with_many_ties():
     order = torch.sort(-scores, dim=1, stable=True).indices  # lower index first among ties
     expected = (order == targets[:, None]).float().argmax(1)
     assert target_ranks(scores, targets).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_target_ranks_paths_agree_with_a_stable_sort(dtype):
+    """The fp32 sign-count path (in place or on a copy) and the comparison path (other
+    dtypes) rank alike, ties and -inf (masked history, also a masked target) included."""
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 40, (200, 57), generator=gen).to(dtype) / 7
+    scores[torch.rand(200, 57, generator=gen) < 0.1] = float("-inf")
+    targets = torch.randint(0, 57, (200,), generator=gen)
+    scores[:5, :] = float("-inf")  # a row where the target ties with every item
+    order = torch.sort(-scores, dim=1, stable=True).indices
+    expected = (order == targets[:, None]).float().argmax(1).tolist()
+    kept = scores.clone()
+    assert target_ranks(scores, targets).tolist() == expected
+    assert torch.equal(scores, kept)  # not in place unless asked
+    assert target_ranks(scores, targets, inplace=True).tolist() == expected

@@ -40,7 +40,8 @@ ScoreFn = Callable[[list[list[int]]], torch.Tensor]
 
 def evaluate_scores(score_fn: ScoreFn, domain: Domain, cfg: EvalConfig,
                     protocol_extra: dict[str, object] | None = None) -> EvalResult:
-    """Rank every item of ``domain`` for each user with ``score_fn(histories) -> [B, N]``."""
+    """Rank every item of ``domain`` for each user with ``score_fn(histories) -> [B, N]``
+    (a fresh tensor per call: it is overwritten while ranking)."""
     histories, targets = domain.eval_examples(cfg.split)
     if cfg.max_users is not None:
         histories, targets = histories[: cfg.max_users], targets[: cfg.max_users]
@@ -58,7 +59,7 @@ def evaluate_scores(score_fn: ScoreFn, domain: Domain, cfg: EvalConfig,
         if cfg.mask_history:
             for r, h in enumerate(hist):
                 scores[r, torch.tensor(h, device=scores.device)] = float("-inf")
-        ranks.append(target_ranks(scores, tgt).cpu())
+        ranks.append(target_ranks(scores, tgt, inplace=True).cpu())
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     protocol = {
         "domain": domain.name,
