@@ -5,7 +5,8 @@ from common.model import ModelConfig, build_base_model
 from common.model.recommender import history_index
 from common.training.batching import make_batch
 from common.training.finetune import next_item_loss
-from common.training.softmax_loss import cosine_softmax_cross_entropy, unit_normalize
+from common.training.softmax_loss import (LogitsWorkspace, cosine_softmax_cross_entropy,
+                                          unit_normalize)
 
 
 def _case(seed: int, positions: int = 9, items: int = 23, dim: int = 8):
@@ -50,20 +51,23 @@ def test_fused_cross_entropy_survives_large_history_weight_and_empty_history():
     assert torch.allclose(plain, F.cross_entropy(20.0 * users @ item_vecs.T, targets))
 
 
-def test_fused_cross_entropy_two_losses_before_one_backward():
-    """The recycled workspace must not be shared by two losses alive at once."""
+def test_workspace_is_recycled_but_never_shared_by_live_losses():
     a, b = _case(2), _case(3)
     beta = torch.tensor([0.2], requires_grad=True)
-    first = [t.clone().requires_grad_() for t in (a[0], b[0])]
-    fused = (cosine_softmax_cross_entropy(first[0], a[1], beta, a[3], a[2], 20.0)
-             + cosine_softmax_cross_entropy(first[1], b[1], beta, b[3], b[2], 20.0))
-    fused_grads = torch.autograd.grad(fused, [*first, beta])
-    second = [t.clone().requires_grad_() for t in (a[0], b[0])]
-    dense = (_dense_loss(second[0], a[1], beta, a[3], a[2], 20.0)
-             + _dense_loss(second[1], b[1], beta, b[3], b[2], 20.0))
-    dense_grads = torch.autograd.grad(dense, [*second, beta])
-    for got, want in zip(fused_grads, dense_grads):
-        assert torch.allclose(got, want, atol=1e-5)
+    workspace = LogitsWorkspace()
+
+    def grads(loss_fn, **kw):
+        users = [t.clone().requires_grad_() for t in (a[0], b[0])]
+        both = (loss_fn(users[0], a[1], beta, a[3], a[2], 20.0, **kw)
+                + loss_fn(users[1], b[1], beta, b[3], b[2], 20.0, **kw))
+        return torch.autograd.grad(both, [*users, beta])
+
+    dense = grads(_dense_loss)
+    for _ in range(2):  # two losses alive at once, then again with the recycled buffer
+        for got, want in zip(grads(cosine_softmax_cross_entropy, workspace=workspace), dense):
+            assert torch.allclose(got, want, atol=1e-5)
+    buffer = workspace.take(1, 1, torch.device("cpu"))
+    assert buffer._base.numel() == len(a[0]) * len(a[1])  # kept the larger of the two
 
 
 def test_unit_normalize_matches_f_normalize():

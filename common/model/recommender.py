@@ -178,7 +178,8 @@ class TextSeqRec(nn.Module):
         pairs (:func:`history_index`) instead of a dense multi-hot.
 
         The scale is applied to the [B, D] user side and β is added in place at the history
-        entries, so no extra [B, N] temporaries are made (the full-softmax step's hot path).
+        entries, so no extra [B, N] temporaries are made (full-ranking evaluation; training
+        computes the same logits inside :mod:`common.training.softmax_loss`).
         """
         # fp32 logits also under bf16 autocast (a no-op copy otherwise)
         out = ((F.normalize(users, dim=-1) * scale) @ F.normalize(item_emb, dim=-1).T).float()

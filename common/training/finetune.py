@@ -15,7 +15,7 @@ from ..model.recommender import TextSeqRec, position_history_index, prefix_histo
 from ..privacy.accountant import DPConfig
 from ..runtime import autocast_bf16, on_device
 from .batching import TrainBatch, bucketed_batches, training_sequences
-from .softmax_loss import cosine_softmax_cross_entropy, unit_normalize
+from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy, unit_normalize
 
 
 @dataclass
@@ -48,7 +48,8 @@ class TrainResult:
     privacy: dict[str, float] = field(default_factory=dict)
 
 
-def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
+                   workspace: LogitsWorkspace | None = None) -> torch.Tensor:
     """Full-softmax cross-entropy at every real position of the batch (fp32 logits, fused:
     :func:`~common.training.softmax_loss.cosine_softmax_cross_entropy`)."""
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
@@ -56,7 +57,7 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch)
     history = position_history_index(batch.seqs, batch.mask, len(item_emb))
     return cosine_softmax_cross_entropy(
         unit_normalize(states), unit_normalize(item_emb), model.history_weight,
-        history, batch.targets[batch.mask], 1.0 / model.cfg.temperature)
+        history, batch.targets[batch.mask], 1.0 / model.cfg.temperature, workspace)
 
 
 def user_losses(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
@@ -105,6 +106,7 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
         best_val, best_epoch = validate(), 0
         best_state = cpu_state(model)
         history = [{"epoch": 0, "loss": float("nan"), "val_ndcg@10": best_val}]
+        workspace = LogitsWorkspace()
         bar = tqdm(range(1, cfg.epochs + 1), desc=f"fine-tune {'+'.join(d.name for d in domains)}",
                    disable=not cfg.progress, leave=False)
         for epoch in bar:
@@ -114,7 +116,7 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Ten
                 batch = batch.to(device)
                 with autocast_bf16(device, cfg.bf16):
                     item_emb = model.encode_items(feats[batch.domain])
-                    loss = next_item_loss(model, item_emb, batch)
+                    loss = next_item_loss(model, item_emb, batch, workspace)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

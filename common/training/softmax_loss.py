@@ -11,30 +11,30 @@ step to the next.
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 
-class _Workspace(threading.local):
-    """One reusable flat fp32 buffer per thread (returned after the backward pass)."""
+class LogitsWorkspace:
+    """A reusable flat fp32 buffer for the [positions × items] array of
+    :func:`cosine_softmax_cross_entropy`; one per training loop, freed with it.
+
+    A loss takes the buffer in its forward pass and gives it back after its backward pass,
+    so two losses alive at once never share it (the second allocates its own).
+    """
 
     def __init__(self) -> None:
-        self.free: torch.Tensor | None = None
+        self._free: torch.Tensor | None = None
 
     def take(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
-        buf, self.free = self.free, None
+        buf, self._free = self._free, None
         if buf is None or buf.numel() < rows * cols or buf.device != device:
             buf = torch.empty(rows * cols, device=device)
         return buf[: rows * cols].view(rows, cols)
 
     def give(self, view: torch.Tensor) -> None:
         base = view._base if view._base is not None else view
-        if self.free is None or base.numel() > self.free.numel():
-            self.free = base
-
-
-_WORKSPACE = _Workspace()
+        if self._free is None or base.numel() > self._free.numel():
+            self._free = base
 
 
 class _CosineSoftmaxCE(torch.autograd.Function):
@@ -43,9 +43,10 @@ class _CosineSoftmaxCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, users: torch.Tensor, items: torch.Tensor, beta: torch.Tensor,  # type: ignore[override]
-                rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor,
-                scale: float) -> torch.Tensor:
-        exp = _WORKSPACE.take(len(users), len(items), users.device)
+                rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor, scale: float,
+                workspace: LogitsWorkspace | None) -> torch.Tensor:
+        workspace = workspace or LogitsWorkspace()
+        exp = workspace.take(len(users), len(items), users.device)
         with torch.autocast(users.device.type, enabled=False):
             torch.mm(users * scale, items.T, out=exp)
         exp.index_put_((rows, cols), (beta * scale).expand(len(rows)), accumulate=True)
@@ -54,14 +55,14 @@ class _CosineSoftmaxCE(torch.autograd.Function):
         exp.sub_(row_max[:, None]).exp_()
         total = exp.sum(1)
         ctx.save_for_backward(users, items, rows, cols, targets, total)
-        ctx.exp, ctx.scale = exp, scale
+        ctx.exp, ctx.scale, ctx.workspace = exp, scale, workspace
         return (total.log() + row_max - target_logit).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         users, items, rows, cols, targets, total = ctx.saved_tensors
-        exp, scale = ctx.exp, ctx.scale
-        ctx.exp = None
+        exp, scale, workspace = ctx.exp, ctx.scale, ctx.workspace
+        ctx.exp = ctx.workspace = None
         coef = grad * scale / len(users)
         inv_total = 1.0 / total
         need_users, need_items, need_beta = ctx.needs_input_grad[:3]
@@ -78,8 +79,8 @@ class _CosineSoftmaxCE(torch.autograd.Function):
             hist_prob = (exp[rows, cols] * inv_total[rows]).sum()
             hist_hits = (cols == targets[rows]).sum()
             grad_beta = ((hist_prob - hist_hits) * coef).reshape(1)
-        _WORKSPACE.give(exp)
-        return grad_users, grad_items, grad_beta, None, None, None, None
+        workspace.give(exp)
+        return grad_users, grad_items, grad_beta, None, None, None, None, None
 
 
 class _UnitNormalize(torch.autograd.Function):
@@ -107,13 +108,15 @@ def unit_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 def cosine_softmax_cross_entropy(users: torch.Tensor, items: torch.Tensor, beta: torch.Tensor,
                                  history: tuple[torch.Tensor, torch.Tensor],
-                                 targets: torch.Tensor, scale: float) -> torch.Tensor:
+                                 targets: torch.Tensor, scale: float,
+                                 workspace: LogitsWorkspace | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``scale · (cos(users, items) + β·history)`` against ``targets``.
 
     ``users`` [P, D] and ``items`` [N, D] are unit-normalised by the caller, ``beta`` has one
     element, ``history`` holds distinct (row, item) pairs. Computed in fp32; equal to
     ``F.cross_entropy`` over the dense logits up to rounding (tested), faster and leaner.
+    A ``workspace`` recycles the [P, N] buffer from one step to the next.
     """
     rows, cols = history
     return _CosineSoftmaxCE.apply(users.float(), items.float(), beta.float().reshape(1),
-                                  rows, cols, targets, float(scale))
+                                  rows, cols, targets, float(scale), workspace)
