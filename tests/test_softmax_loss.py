@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,6 +69,15 @@ def test_workspace_is_recycled_but_never_shared_by_live_losses():
             assert torch.allclose(got, want, atol=1e-5)
     buffer = workspace.take(1, 1, torch.device("cpu"))
     assert buffer._base.numel() == len(a[0]) * len(a[1])  # kept the larger of the two
+
+
+def test_second_backward_pass_is_refused_clearly():
+    users, item_vecs, targets, history = _case(4)
+    users.requires_grad_()
+    loss = cosine_softmax_cross_entropy(users, item_vecs, torch.zeros(1), history, targets, 20.0)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass per forward"):
+        loss.backward()
 
 
 def test_unit_normalize_matches_f_normalize():

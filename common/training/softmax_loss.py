@@ -5,8 +5,8 @@ With autograd, a full-softmax step over a large catalogue materialises several f
 log-softmax gradient); on a CPU each costs a memory pass plus page faults on every
 allocation. Here the forward pass keeps one such array, ``exp(logit - row max)``, and the
 backward pass folds the softmax normalisation and the target one-hot into the two
-matrix products, so the [P, N] array is only read there. The array is recycled from one
-step to the next.
+matrix products, so the [P, N] array is only read there. A :class:`LogitsWorkspace`
+recycles the array from one step to the next.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ class _CosineSoftmaxCE(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         users, items, rows, cols, targets, total = ctx.saved_tensors
         exp, scale, workspace = ctx.exp, ctx.scale, ctx.workspace
+        if exp is None:
+            raise RuntimeError("cosine_softmax_cross_entropy: one backward pass per forward pass "
+                               "(its buffer is recycled; retain_graph is not supported)")
         ctx.exp = ctx.workspace = None
         coef = grad * scale / len(users)
         inv_total = 1.0 / total
