@@ -29,21 +29,24 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, inplace: bool = Fa
     net = (diff @ torch.ones(n, 1, device=diff.device)).squeeze(1)
     nonzero = (diff.unsqueeze(1) @ diff.unsqueeze(2)).reshape(-1)
     ranks = ((net + nonzero) / 2).round().long()
-    tied = (nonzero < n - 1).nonzero().flatten()
-    if len(tied):  # rare: only rows where another item ties with the target
-        idx = torch.arange(n, device=diff.device)[None]
-        ranks[tied] += ((diff[tied] == 0) & (idx < targets[tied, None])).sum(1)
-    return ranks
+    tied = (nonzero < n - 1).nonzero().flatten()  # rare: another item ties with the target
+    return _break_ties(ranks, tied, diff[tied] == 0, targets)
 
 
 def _target_ranks_by_comparison(scores: torch.Tensor, t: torch.Tensor,
                                 targets: torch.Tensor) -> torch.Tensor:
     """:func:`target_ranks` by direct comparisons (any dtype and catalogue size)."""
-    ranks = (scores > t).sum(1)
     tied = ((scores == t).sum(1) > 1).nonzero().flatten()
+    return _break_ties((scores > t).sum(1), tied, scores[tied] == t[tied], targets)
+
+
+def _break_ties(ranks: torch.Tensor, tied: torch.Tensor, equal: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+    """Add to ``ranks`` of the rows ``tied`` the items that tie with the target (``equal``,
+    [len(tied), N]) and have a lower index."""
     if len(tied):
-        idx = torch.arange(scores.shape[1], device=scores.device)[None]
-        ranks[tied] += ((scores[tied] == t[tied]) & (idx < targets[tied, None])).sum(1)
+        idx = torch.arange(equal.shape[1], device=equal.device)[None]
+        ranks[tied] += (equal & (idx < targets[tied, None])).sum(1)
     return ranks
 
 
