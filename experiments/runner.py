@@ -20,28 +20,35 @@ An experiment YAML::
                                       # run's silo work (checkpoints); default results/<name>/silos
 
 Each (setting, seed) run writes ``runs/<setting>/seed<k>/`` (report.json, ledger, weights);
-a finished run is never re-run, so an interrupted experiment resumes, and ``--report-only``
-rebuilds the tables and plots from what is there.
+a finished run is not re-run, so an interrupted experiment resumes, and ``--report-only``
+rebuilds the tables and plots from what is there. A finished run records what it depended on
+(its resolved configuration and the hashes of the fine-tuned weights the coordinator received);
+when either changed (an edited YAML, or silo checkpoints retrained, e.g. by re-running the
+benchmark whose ``silo_dir`` it shares), the run is moved to ``runs/<setting>/stale-seed<k>/``
+and run again.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from safetensors.torch import load_file
 
 from common.config import ConfigError, from_dict, to_dict
 from common.experiment import PipelineConfig, load_full_domains, split_holdout
-from common.model import ModelConfig, build_base_model
+from common.federated.coordinator import safe_name
+from common.model import ModelConfig, build_base_model, state_hash
 from common.pipeline import run_pipeline
 from common.privacy import attack_metrics, membership_scores
 from common.report import atomic_write_text
@@ -104,6 +111,71 @@ def load_experiment(path: Path) -> tuple[ExperimentConfig, dict]:
 def run_dir(out: Path, setting: Setting, seed: int) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in setting.label)
     return out / "runs" / safe / f"seed{seed}"
+
+
+def config_sha256(raw: dict) -> str:
+    """Hash of a run's resolved configuration (the YAML mapping, seed included)."""
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_inputs(raw: dict, folder: Path) -> dict[str, Any]:
+    """What a finished run depended on: its configuration and the received silo weights."""
+    received = sorted((folder / "received").glob("*.safetensors"))
+    return {"config_sha256": config_sha256(raw),
+            "received_sha256": {p.stem: state_hash(load_file(str(p))) for p in received}}
+
+
+def kept_checkpoints(silo_dir: Path) -> Callable[[], dict[str, set[str]]]:
+    """Lazily computed (once): silo (file-name-safe, as in ``received/``) -> state hashes of
+    the checkpoints it keeps in ``silo_dir``."""
+    cache: list[dict[str, set[str]]] = []
+
+    def hashes() -> dict[str, set[str]]:
+        if not cache:
+            kept: dict[str, set[str]] = {}
+            for p in sorted(silo_dir.glob("*/checkpoints/*.safetensors")):
+                kept.setdefault(safe_name(p.parents[1].name), set()).add(state_hash(load_file(str(p))))
+            cache.append(kept)
+        return cache[0]
+    return hashes
+
+
+def stale_reason(run: dict, raw: dict, kept: Callable[[], dict[str, set[str]]]) -> str | None:
+    """Why a finished run no longer matches its inputs, or None (also for runs recorded before
+    inputs were kept, which cannot be checked)."""
+    inputs = run.get("inputs")
+    if not isinstance(inputs, dict):
+        return None
+    if inputs.get("config_sha256") != config_sha256(raw):
+        return "its configuration changed"
+    gone = [silo for silo, h in inputs.get("received_sha256", {}).items()
+            if h not in kept().get(silo, set())]
+    if gone:
+        return (f"the fine-tuned weights it received from {', '.join(gone)} are no longer among "
+                "the silos' checkpoints (retrained since)")
+    return None
+
+
+def finished_run(folder: Path, raw: dict, kept: Callable[[], dict[str, set[str]]],
+                 report_only: bool) -> dict | None:
+    """The finished run in ``folder``, or None when there is none or it is stale (then moved
+    aside to ``stale-<folder name>``; with ``report_only`` a stale run is kept, with a warning)."""
+    done = folder / "run.json"
+    if not done.is_file():
+        return None
+    finished = json.loads(done.read_text())
+    why = stale_reason(finished, raw, kept)
+    if why is None:
+        return finished
+    if report_only:
+        print(f"warning: {done} is stale ({why}); reported as it is (--report-only)",
+              file=sys.stderr)
+        return finished
+    aside = folder.with_name(f"stale-{folder.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    folder.rename(aside)
+    print(f"{folder}: {why}; the old run is kept in {aside} and run again", flush=True)
+    return None
 
 
 def run_one(raw: dict, folder: Path, mode: str, silo_dir: Path) -> dict:
@@ -311,22 +383,26 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
     out = output or ROOT / "results" / exp.name
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[int, dict]] = {}
+    silo_dir = Path(exp.silo_dir) if exp.silo_dir else out / "silos"
+    kept = kept_checkpoints(silo_dir)
     todo = [(s, k) for k in exp.seeds for s in exp.settings]
     for i, (setting, seed) in enumerate(todo, 1):
         folder = run_dir(out, setting, seed)
         raw = deep_merge(deep_merge(base, exp.common), setting.set)
         raw["seed"] = seed
-        done = folder / "run.json"
-        if done.is_file():
-            runs.setdefault(setting.label, {})[seed] = json.loads(done.read_text())
+        finished = finished_run(folder, raw, kept, report_only)
+        if finished is not None:
+            runs.setdefault(setting.label, {})[seed] = finished
             continue
         if report_only:
             continue
         print(f"[{i}/{len(todo)}] {exp.name}: {setting.label}, seed {seed} ({mode})", flush=True)
-        report = run_one(raw, folder, mode, Path(exp.silo_dir) if exp.silo_dir else out / "silos")
+        report = run_one(raw, folder, mode, silo_dir)
         if exp.attack:
             report["attack"] = leakage(raw, folder, report)
-        atomic_write_text(done, json.dumps(report, default=str))
+        report["inputs"] = run_inputs(raw, folder)
+        atomic_write_text(folder / "run.json", json.dumps(report, default=str))
+        kept = kept_checkpoints(silo_dir)  # the run may have added checkpoints
         runs.setdefault(setting.label, {})[seed] = report
     if not runs:
         raise SystemExit(f"no finished runs in {out}")

@@ -87,6 +87,49 @@ def test_sharing_unseen_and_method_experiments_end_to_end(tmp_path):
     assert not (again / "silos").exists()
 
 
+def test_finished_runs_are_rerun_when_their_inputs_change(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from common.model import state_hash
+
+    base = tiny_raw(tmp_path, learned=[])
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, allow_unicode=True))
+    other = {"name": "reuser", "base": "base.yaml", "seeds": [0], "silo_dir": "bench/silos",
+             "settings": [{"label": "a"}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(other))
+    out = run_experiment(path, mode="in-process", output=tmp_path / "results")
+    done = out / "runs" / "a" / "seed0" / "run.json"
+    first = json.loads(done.read_text())
+    assert set(first["inputs"]["received_sha256"]) == {"beauty", "pantry", "sports"}
+    stamp = done.stat().st_mtime_ns
+    run_experiment(path, mode="in-process", output=out)  # nothing changed: resumed as it is
+    assert done.stat().st_mtime_ns == stamp
+
+    # another run retrains a silo's checkpoint in the shared silo folder (same file name)
+    [ckpt] = (tmp_path / "bench" / "silos" / "pantry" / "checkpoints").glob("*.safetensors")
+    state = load_file(str(ckpt))
+    state["history_weight"] = state["history_weight"] + 1.0
+    save_file(state, str(ckpt))
+    run_experiment(path, mode="in-process", output=out, report_only=True)
+    assert "is stale" in capsys.readouterr().err and done.stat().st_mtime_ns == stamp
+    run_experiment(path, mode="in-process", output=out)
+    again = json.loads(done.read_text())
+    assert again["inputs"]["received_sha256"]["pantry"] == state_hash(state)
+    assert again["inputs"]["received_sha256"]["beauty"] == first["inputs"]["received_sha256"]["beauty"]
+    stale = out / "runs" / "a" / "stale-seed0" / "run.json"
+    assert json.loads(stale.read_text())["inputs"] == first["inputs"]  # the old run is kept
+    assert "no longer among the silos' checkpoints" in capsys.readouterr().out
+
+    # an edited configuration makes the run stale too
+    other["common"] = {"merges": [{"method": "average"}]}
+    path.write_text(yaml.safe_dump(other))
+    stamp = done.stat().st_mtime_ns
+    run_experiment(path, mode="in-process", output=out)
+    assert done.stat().st_mtime_ns != stamp and "configuration changed" in capsys.readouterr().out
+    assert list(json.loads(done.read_text())["results"]) != list(again["results"])
+
+
 def test_shipped_experiments_are_valid():
     from pathlib import Path
 
