@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import shutil
@@ -126,17 +127,14 @@ def run_inputs(raw: dict, folder: Path) -> dict[str, Any]:
 
 
 def kept_checkpoints(silo_dir: Path) -> Callable[[], dict[str, set[str]]]:
-    """Lazily computed (once): silo (file-name-safe, as in ``received/``) -> state hashes of
-    the checkpoints it keeps in ``silo_dir``."""
-    cache: list[dict[str, set[str]]] = []
-
+    """A lazy, computed-once view: silo (file-name-safe, as in ``received/``) -> state hashes
+    of the checkpoints it keeps in ``silo_dir``."""
+    @functools.cache
     def hashes() -> dict[str, set[str]]:
-        if not cache:
-            kept: dict[str, set[str]] = {}
-            for p in sorted(silo_dir.glob("*/checkpoints/*.safetensors")):
-                kept.setdefault(safe_name(p.parents[1].name), set()).add(state_hash(load_file(str(p))))
-            cache.append(kept)
-        return cache[0]
+        kept: dict[str, set[str]] = {}
+        for p in sorted(silo_dir.glob("*/checkpoints/*.safetensors")):
+            kept.setdefault(safe_name(p.parents[1].name), set()).add(state_hash(load_file(str(p))))
+        return kept
     return hashes
 
 
