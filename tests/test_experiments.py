@@ -166,6 +166,11 @@ def test_shipped_benchmark_configs_differ_only_where_named():
     assert (ref.model.branch_init, zero.model.branch_init) == ("rezero", "zero_out")
     zero.model.branch_init = "rezero"
     assert zero == ref
+    small = load_yaml(PipelineConfig, configs / "amazon3-bs32.yaml")
+    assert (small.train.batch_size, small.train.epochs, small.model.item_hidden) == (32, 2, 64)
+    small.train.batch_size, small.train.epochs = ref.train.batch_size, ref.train.epochs
+    small.model.item_hidden = ref.model.item_hidden
+    assert small == ref
 
 
 @pytest.mark.slow
