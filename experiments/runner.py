@@ -25,7 +25,7 @@ rebuilds the tables and plots from what is there. A finished run records what it
 (its resolved configuration and the hashes of the fine-tuned weights the coordinator received);
 when either changed (an edited YAML, or silo checkpoints retrained, e.g. by re-running the
 benchmark whose ``silo_dir`` it shares), the run is moved to ``runs/<setting>/stale-seed<k>/``
-and run again.
+(``-2``, ``-3``, ... for later ones) and run again.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import copy
 import functools
 import hashlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -157,7 +156,8 @@ def stale_reason(run: dict, raw: dict, kept: Callable[[], dict[str, set[str]]]) 
 def finished_run(folder: Path, raw: dict, kept: Callable[[], dict[str, set[str]]],
                  report_only: bool) -> dict | None:
     """The finished run in ``folder``, or None when there is none or it is stale (then moved
-    aside to ``stale-<folder name>``; with ``report_only`` a stale run is kept, with a warning)."""
+    aside to ``stale-<folder name>[-n]``; with ``report_only`` a stale run is kept, with a
+    warning)."""
     done = folder / "run.json"
     if not done.is_file():
         return None
@@ -169,8 +169,10 @@ def finished_run(folder: Path, raw: dict, kept: Callable[[], dict[str, set[str]]
         print(f"warning: {done} is stale ({why}); reported as it is (--report-only)",
               file=sys.stderr)
         return finished
-    aside = folder.with_name(f"stale-{folder.name}")
-    shutil.rmtree(aside, ignore_errors=True)
+    aside, n = folder.with_name(f"stale-{folder.name}"), 1
+    while aside.exists():  # earlier stale copies are kept too
+        n += 1
+        aside = folder.with_name(f"stale-{folder.name}-{n}")
     folder.rename(aside)
     print(f"{folder}: {why}; the old run is kept in {aside} and run again", flush=True)
     return None

@@ -127,6 +127,8 @@ def test_finished_runs_are_rerun_when_their_inputs_change(tmp_path, capsys):
     stamp = done.stat().st_mtime_ns
     run_experiment(path, mode="in-process", output=out)
     assert done.stat().st_mtime_ns != stamp and "configuration changed" in capsys.readouterr().out
+    assert json.loads((stale.parent.parent / "stale-seed0-2" / "run.json").read_text()) == again
+    assert json.loads(stale.read_text())["inputs"] == first["inputs"]  # nothing overwritten
     assert list(json.loads(done.read_text())["results"]) != list(again["results"])
 
 
