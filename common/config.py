@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -87,8 +88,28 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Load ``cls`` from a YAML file; errors name the file and the offending key."""
+def deep_merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in: nested mappings key by key, anything else (lists
+    included) replaced."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and \
+            isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def with_overrides(obj: T, changes: dict[str, Any], where: str) -> T:
+    """A copy of dataclass ``obj`` with ``changes`` deep-merged in, type-checked like a file."""
+    return from_dict(type(obj), deep_merge(to_dict(obj), changes), where)
+
+
+EXTENDS = "extends"
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
+    """The YAML document at ``path``; a mapping with ``extends: other.yaml`` (relative to this
+    file) is that file's mapping with this one deep-merged over it, so a variant config names
+    only what it changes. Errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -96,7 +117,26 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    return from_dict(cls, data, str(path))
+    if not isinstance(data, dict) or EXTENDS not in data:
+        return data
+    parent = data.pop(EXTENDS)
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: '{EXTENDS}' must name a YAML file, got {parent!r}")
+    target = (path.parent / parent).resolve()
+    chain = (*_chain, path.resolve())
+    if target in chain:
+        raise ConfigError(f"{path}: '{EXTENDS}: {parent}' forms a cycle "
+                          f"({' -> '.join(p.name for p in (*chain, target))})")
+    base = read_yaml(target, chain)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{target}: expected a mapping (extended by {path})")
+    return deep_merge(base, data)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load ``cls`` from a YAML file (``extends`` resolved, :func:`read_yaml`); errors name the
+    file and the offending key."""
+    return from_dict(cls, read_yaml(path), str(path))
 
 
 def to_dict(obj: Any) -> Any:

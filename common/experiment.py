@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
-from .config import ConfigError, load_yaml
+from .config import ConfigError, load_yaml, with_overrides
 from .data import (Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains,
                    subsample_users)
 from .distill import DistillConfig, LossConfig, PseudoUserConfig
@@ -90,14 +90,17 @@ class FederationConfig:
     ``catalogue``: what a silo sends about its items after training, the item ``text`` (the
     coordinator encodes it with the same frozen encoder) or only the frozen item ``vectors``.
     ``min_silos``: training silos that must deliver a valid update (default: all of them).
-    ``eval_only`` and ``query_budget`` are silo-side settings; in deployment each silo takes
-    them from its own node config, in simulation (no node config) from here.
+    ``eval_only``, ``query_budget`` and ``silo_train`` (per silo name, its own fine-tuning
+    settings over ``train``, e.g. ``{Pantry: {batch_size: 256}}``) are silo-side settings; in
+    deployment each silo takes them from its own node config (``train-batch-size=256``), in
+    simulation and in-process (no node config) from here.
     """
 
     catalogue: Literal["text", "vectors"] = "text"
     min_silos: int | None = None
     eval_only: list[str] = field(default_factory=list)
     query_budget: int | None = None
+    silo_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_query_rows: int = 20000
     wait_for_silos_s: float = 120.0
     train_timeout_s: float = 7200.0
@@ -126,6 +129,13 @@ class PipelineConfig:
     seed: int = 0
     output_dir: str | None = None
     silo_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        names = self.data.domain_names()
+        for name, own in self.federation.silo_train.items():
+            if name not in names:
+                raise ValueError(f"federation.silo_train: no domain '{name}' (have {names})")
+            with_overrides(self.train, own, f"federation.silo_train.{name}")
 
 
 def load_domain(cfg: DataConfig, name: str) -> Domain:

@@ -34,7 +34,8 @@ def local_silos(cfg: PipelineConfig, domains: list[Domain]) -> list[Silo]:
     root = Path(cfg.silo_dir) if cfg.silo_dir else Path(cfg.output_dir or cfg.data.cache_dir) / "silos"
     fed = cfg.federation
     return [Silo(SiloConfig(d.name, str(root / d.name), fed.query_budget, d.name in fed.eval_only,
-                            str(Path(cfg.data.cache_dir) / "features")), lambda d=d: d)
+                            str(Path(cfg.data.cache_dir) / "features"), fed.silo_train.get(d.name, {})),
+                 lambda d=d: d)
             for d in domains]
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.config import ConfigError, load_yaml
 from common.data import write_mergerec_json
@@ -38,6 +39,7 @@ class SiloSpec:
     fmt: str = "mergerec_json"
     eval_only: bool = False
     query_budget: int = 0
+    train: dict[str, Any] = field(default_factory=dict)
 
     def node_config(self, work: Path, audit_dir: str = "") -> str:
         parts = [f"silo='{self.name}'", f"data-dir='{Path(self.data).resolve()}'",
@@ -46,6 +48,12 @@ class SiloSpec:
             parts.append("eval-only=true")
         if self.query_budget:
             parts.append(f"query-budget={self.query_budget}")
+        for key, value in self.train.items():  # the silo's own fine-tuning settings
+            if not isinstance(value, (bool, int, float)):
+                raise SystemExit(f"error: silo {self.name}: train.{key} = {value!r} cannot be a "
+                                 "node config value (numbers and true/false only)")
+            text = str(value).lower() if isinstance(value, bool) else repr(value)
+            parts.append(f"train-{key.replace('_', '-')}={text}")
         if audit_dir:
             parts.append(f"audit-dir='{Path(audit_dir).resolve()}'")
         return " ".join(parts)
@@ -298,6 +306,11 @@ def _experiment(args: argparse.Namespace) -> PipelineConfig:
 def _silo_specs(args: argparse.Namespace, cfg: PipelineConfig, work: Path) -> list[SiloSpec]:
     """``--silo NAME=PATH`` entries, or the experiment's domains written out per silo."""
     eval_only = set(args.eval_only.split(",")) if args.eval_only else set()
+    own = cfg.federation.silo_train
+
+    def spec(name: str, path: str, fmt: str = "mergerec_json") -> SiloSpec:
+        return SiloSpec(name, path, fmt, name in eval_only, args.query_budget, own.get(name, {}))
+
     if args.silo:
         specs = []
         for item in args.silo:
@@ -305,19 +318,13 @@ def _silo_specs(args: argparse.Namespace, cfg: PipelineConfig, work: Path) -> li
             if not path or not Path(path).exists():
                 raise SystemExit(f"error: --silo {item}: expected NAME=PATH to an existing folder "
                                  f"or .tar.gz")
-            specs.append(SiloSpec(name, path, eval_only=name in eval_only,
-                                  query_budget=args.query_budget))
+            specs.append(spec(name, path))
         return specs
     if cfg.data.sources:
         root = Path(args.data_dir or ".")
-        return [SiloSpec(src.name, str(root / src.path), src.format, src.name in eval_only,
-                         args.query_budget) for src in cfg.data.sources]
-    specs = []
-    for domain in load_domains(cfg.data):
-        folder = write_mergerec_json(domain, work / "data" / domain.name)
-        specs.append(SiloSpec(domain.name, str(folder), eval_only=domain.name in eval_only,
-                              query_budget=args.query_budget))
-    return specs
+        return [spec(src.name, str(root / src.path), src.format) for src in cfg.data.sources]
+    return [spec(d.name, str(write_mergerec_json(d, work / "data" / d.name)))
+            for d in load_domains(cfg.data)]
 
 
 def main(argv: list[str] | None = None) -> int:

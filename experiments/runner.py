@@ -31,7 +31,6 @@ benchmark whose ``silo_dir`` it shares), the run is moved to ``runs/<setting>/st
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import hashlib
 import json
@@ -42,10 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from safetensors.torch import load_file
 
-from common.config import ConfigError, from_dict, to_dict
+from common.config import ConfigError, deep_merge, from_dict, load_yaml, read_yaml, to_dict
 from common.experiment import PipelineConfig, load_full_domains, split_holdout
 from common.federated.coordinator import safe_name
 from common.model import ModelConfig, build_base_model, state_hash
@@ -79,24 +77,12 @@ class ExperimentConfig:
     silo_dir: str | None = None
 
 
-def deep_merge(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` merged in, nested mappings merged key by key."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and \
-            isinstance(out.get(key), dict) else copy.deepcopy(value)
-    return out
-
-
 def load_experiment(path: Path) -> tuple[ExperimentConfig, dict]:
     """The experiment and its base PipelineConfig as a raw mapping (paths resolved)."""
-    try:
-        exp = from_dict(ExperimentConfig, yaml.safe_load(path.read_text()), str(path))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    exp = load_yaml(ExperimentConfig, path)
     base: dict = {}
     if exp.base:
-        base = yaml.safe_load((path.parent / exp.base).read_text()) or {}
+        base = read_yaml(path.parent / exp.base) or {}
     if exp.data_dir:
         for src in base.get("data", {}).get("sources", []):
             src["path"] = str((path.parent / exp.data_dir / src["path"]).resolve())

@@ -5,7 +5,8 @@
 split). Each handler is a thin wrapper over :class:`common.federated.Silo`.
 
 Who the silo is: in deployment from the SuperNode's node config (``silo``, ``data-dir``,
-optional ``format``, ``work-dir``, ``query-budget``, ``eval-only``, ``audit-dir``); in
+optional ``format``, ``work-dir``, ``query-budget``, ``eval-only``, ``audit-dir`` and the
+silo's own fine-tuning settings as ``train-*`` keys, e.g. ``train-batch-size``); in
 simulation, where a node only knows its ``partition-id``, partition ``i`` is the ``i``-th domain
 of the run's experiment config and the silo settings come from the run config.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -26,11 +28,19 @@ from .records import from_record, to_record
 
 app = ClientApp()
 _SILOS: dict[tuple[str, str], Silo] = {}  # reused across messages handled by one process
+TRAIN_PREFIX = "train-"
 
 
 def root_dir(ctx: Context) -> Path:
     """Base for relative paths: the run config's ``root-dir`` (default: working directory)."""
     return Path(str(ctx.run_config.get("root-dir", "") or ".")).resolve()
+
+
+def own_train_settings(node_config: Mapping[str, object]) -> dict[str, object]:
+    """The silo's own fine-tuning settings from its node config: ``train-batch-size=32`` →
+    ``{"batch_size": 32}`` (any :class:`~common.training.TrainConfig` key)."""
+    return {key[len(TRAIN_PREFIX):].replace("-", "_"): value for key, value in node_config.items()
+            if key.startswith(TRAIN_PREFIX)}
 
 
 def silo_for(ctx: Context) -> Silo:
@@ -42,7 +52,7 @@ def silo_for(ctx: Context) -> Silo:
         source = DomainSource(name, str(nc.get("format", "mergerec_json")),  # type: ignore[arg-type]
                               str(Path(str(nc["data-dir"])).resolve()))
         cfg = SiloConfig(name, str(work), int(nc.get("query-budget", 0)) or None,  # type: ignore[arg-type]
-                         bool(nc.get("eval-only", False)))
+                         bool(nc.get("eval-only", False)), train=own_train_settings(nc))
         load = lambda: load_source(source, work / "data-cache")  # noqa: E731
     else:
         exp = config_from_run(rc, root_dir(ctx))
@@ -54,7 +64,8 @@ def silo_for(ctx: Context) -> Silo:
         name = names[pid]
         work = root_dir(ctx) / str(rc.get("work-dir", ".cache/silos")) / name
         cfg = SiloConfig(name, str(work), exp.federation.query_budget,
-                         name in exp.federation.eval_only, str(Path(exp.data.cache_dir) / "features"))
+                         name in exp.federation.eval_only, str(Path(exp.data.cache_dir) / "features"),
+                         exp.federation.silo_train.get(name, {}))
         load = lambda: load_domain(exp.data, name)  # noqa: E731
     key = (cfg.name, json.dumps(vars(cfg), sort_keys=True))
     if key not in _SILOS:

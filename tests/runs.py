@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from common.config import from_dict
+from common.config import deep_merge, from_dict
 from common.pipeline import PipelineConfig
 
 TINY: dict = {
@@ -23,15 +23,16 @@ TINY: dict = {
          "distill": {"steps": 20, "batch_size": 16, "lr": 0.01, "granularity": "layer",
                      "progress": False}},
     ],
+    # one silo fine-tunes with its own settings: every mode must apply them the same way
+    "federation": {"silo_train": {"pantry": {"batch_size": 16, "epochs": 2}}},
     "joint": False,
 }
 
 
 def tiny_raw(tmp: Path, **overrides: object) -> dict:
-    """TINY with its caches under ``tmp`` and top-level keys replaced by ``overrides``."""
-    raw = {**TINY, **overrides}
-    raw["data"] = {**raw["data"], "cache_dir": str(tmp / "cache")}
-    return raw
+    """TINY with its caches under ``tmp`` and ``overrides`` deep-merged in (lists replaced)."""
+    return deep_merge(TINY, {**overrides, "data": {**overrides.get("data", {}),  # type: ignore[dict-item]
+                                                   "cache_dir": str(tmp / "cache")}})
 
 
 def tiny_config(tmp: Path, **overrides: object) -> PipelineConfig:

@@ -1,6 +1,6 @@
 import pytest
 
-from common.config import ConfigError, from_dict, load_yaml
+from common.config import ConfigError, from_dict, load_yaml, with_overrides
 from common.pipeline import PipelineConfig
 
 
@@ -36,3 +36,38 @@ def test_missing_file(tmp_path):
 
 def test_from_dict_defaults():
     assert from_dict(PipelineConfig, {}).encoder == PipelineConfig().encoder
+
+
+def test_extends_merges_over_the_named_file(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "ref.yaml").write_text(
+        "encoder: hashing-64\nmodel: {hidden: 16, layers: 3}\nmerges:\n  - {method: ties}\n  - {method: dare}\n")
+    (tmp_path / "mid.yaml").write_text("extends: base/ref.yaml\nmodel: {hidden: 32}\nseed: 4\n")
+    (tmp_path / "top.yaml").write_text("extends: mid.yaml\nmerges:\n  - {method: pcb}\n")
+    cfg = load_yaml(PipelineConfig, tmp_path / "top.yaml")
+    assert (cfg.encoder, cfg.model.hidden, cfg.model.layers, cfg.seed) == ("hashing-64", 32, 3, 4)
+    assert [m.method for m in cfg.merges] == ["pcb"]  # lists are replaced, not appended
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "extends: missing.yaml\n"}, "missing.yaml: config file not found"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "a.yaml -> b.yaml -> a.yaml"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, "'extends' must name a YAML file"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "- 1\n"}, "b.yaml: expected a mapping (extended by"),
+])
+def test_bad_extends_names_the_file(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_yaml(PipelineConfig, tmp_path / "a.yaml")
+    assert message in str(err.value)
+
+
+def test_with_overrides_type_checks_and_keeps_the_rest():
+    from common.training import TrainConfig
+
+    base = TrainConfig(epochs=4, batch_size=256)
+    assert with_overrides(base, {"batch_size": 32}, "x") == TrainConfig(epochs=4, batch_size=32)
+    assert base.batch_size == 256
+    with pytest.raises(ConfigError, match="silo A: train.batch_size: expected an integer"):
+        with_overrides(base, {"batch_size": "big"}, "silo A: train")

@@ -135,9 +135,9 @@ def test_finished_runs_are_rerun_when_their_inputs_change(tmp_path, capsys):
 def test_shipped_experiments_are_valid():
     from pathlib import Path
 
-    from common.config import from_dict
+    from common.config import deep_merge, from_dict
     from common.experiment import PipelineConfig
-    from experiments.runner import deep_merge, load_experiment
+    from experiments.runner import load_experiment
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
     for name in ("sharing", "dp", "unseen", "methods", "learned-variants", "learned-variants-zero-out",

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from common.config import ConfigError
 from common.data import SyntheticConfig, make_synthetic_domains
 from common.evaluation import EvalConfig
 from common.federated import (EVALUATE, INFO, QUERY, TRAIN, FederationError, LocalFederation,
@@ -19,7 +20,7 @@ from common.federated.protocol import (EvalRequest, TrainRequest, decode_answer,
                                        encode_query, encode_sequences, encode_train_request)
 from common.model import ModelConfig, build_base_model, state_hash
 from common.pipeline import local_silos, run_pipeline
-from common.training import TrainConfig
+from common.training import TrainConfig, checkpoint_path
 from tests.runs import tiny_config
 
 MODEL = ModelConfig(text_dim=64, hidden=16, layers=1, heads=2, max_len=8, item_hidden=32)
@@ -76,6 +77,31 @@ def test_silo_trains_answers_within_budget_then_refuses(tmp_path, domain):
     again = decode_train_reply(_train(silo, "r2"))
     assert again.metrics["reused_checkpoint"] == 1.0
     assert all(torch.equal(again.state[k], rep.state[k]) for k in rep.state)
+
+
+def test_silo_fine_tunes_with_its_own_settings_and_reports_them(tmp_path, domain):
+    own = Silo(SiloConfig("beauty", str(tmp_path / "own"), train={"epochs": 2, "lr": 0.01}),
+               lambda: domain)
+    plain = Silo(SiloConfig("beauty", str(tmp_path / "plain")), lambda: domain)
+    rep, ref = decode_train_reply(_train(own)), decode_train_reply(_train(plain))
+    assert rep.metrics["train.epochs"] == 2.0 and rep.metrics["train.lr"] == 0.01
+    assert not any(k.startswith("train.") for k in ref.metrics)
+    assert (rep.metrics["epochs_run"], ref.metrics["epochs_run"]) == (2.0, 1.0)  # the run asked 1
+    [ckpt] = (tmp_path / "own" / "checkpoints").glob("*.safetensors")  # keyed by what it ran
+    ran = TrainConfig(epochs=2, progress=False, lr=0.01)
+    assert ckpt == checkpoint_path(tmp_path / "own" / "checkpoints",
+                                   build_base_model(MODEL, 0).state_dict(), MODEL, ran, [domain])
+    with pytest.raises(ConfigError, match="silo beauty: train.batch_size: expected an integer"):
+        SiloConfig("beauty", str(tmp_path), train={"batch_size": "many"})
+    with pytest.raises(ConfigError, match="silo beauty: train: unknown key.*'epoch'"):
+        SiloConfig("beauty", str(tmp_path), train={"epoch": 3})
+
+
+def test_silo_train_settings_must_name_a_domain_and_fit(tmp_path):
+    with pytest.raises(ConfigError, match="federation.silo_train: no domain 'toys'"):
+        tiny_config(tmp_path, federation={"silo_train": {"toys": {"epochs": 1}}})
+    with pytest.raises(ConfigError, match="federation.silo_train.pantry.lr: expected a number"):
+        tiny_config(tmp_path, federation={"silo_train": {"pantry": {"lr": "fast"}}})
 
 
 def test_eval_only_silo_evaluates_but_never_trains_or_answers(tmp_path, domain):

@@ -59,9 +59,29 @@ def test_clientapp_handlers(tmp_path):
                            state=RecordDict(), run_config=ctx.run_config))
 
 
+def test_own_training_settings_travel_in_the_node_config():
+    from flwr.common.config import parse_config_args
+
+    from coordinator.launch import SiloSpec
+    from silos.client_app import own_train_settings
+
+    own = {"batch_size": 16, "lr": 0.001, "bf16": False}
+    node_config = parse_config_args([SiloSpec("pantry", ".", train=own).node_config(Path("/w"))])
+    assert own_train_settings(node_config) == own
+    with pytest.raises(SystemExit, match="silo pantry: train.dp"):
+        SiloSpec("pantry", ".", train={"dp": {"epsilon": 8.0}}).node_config(Path("/w"))
+
+
 def _launch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "coordinator.launch", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_own_training(report: dict) -> None:
+    """The silo with its own fine-tuning settings (TINY) used them; the others did not."""
+    assert report["training"]["pantry"]["train.batch_size"] == 16.0
+    assert report["training"]["pantry"]["epochs_run"] == 2.0
+    assert not any(k.startswith("train.") for k in report["training"]["beauty"])
 
 
 def _assert_matches_reference(report: dict, tmp_path: Path) -> None:
@@ -120,6 +140,7 @@ def test_simulation_matches_reference_and_leaks_nothing(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["failures"] == []
+    _assert_own_training(report)
     _assert_matches_reference(report, tmp_path)
     _audit(audit, tmp_path)
     assert (out / "merged" / "mergerec_task-wise.safetensors").is_file()
@@ -166,6 +187,7 @@ def deployment(tmp_path_factory):
 def test_deployment_three_silos_matches_reference_and_stops_everything(deployment):
     tmp, _, work, report = deployment
     assert report["failures"] == [] and len(report["silos"]) == 3
+    _assert_own_training(report)  # from the node config's train-* keys
     _assert_matches_reference(report, tmp)
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
                  and str(work) in _cmdline(p)]

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
 
-from ..config import from_dict
+from ..config import from_dict, with_overrides
 from ..data import Domain
 from ..distill import teacher_scores
 from ..evaluation import evaluate_model, evaluate_popularity
 from ..model import TextSeqRec, model_from_state, state_hash
 from ..text import catalogue_features, center_features, make_encoder
-from ..training import checkpoint_path, fine_tune_cached
+from ..training import TrainConfig, checkpoint_path, fine_tune_cached
 from .protocol import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, RunSettings, TrainReply,
                        decode_eval_request, decode_sequences, decode_train_request, encode_answer,
                        encode_eval_reply, encode_train_reply)
@@ -37,6 +37,10 @@ class SiloConfig:
     ``query_budget``: most pseudo-user rows it answers per run (``None``: unlimited).
     ``eval_only``: an unseen domain; it never trains or answers queries, it only evaluates.
     ``feature_cache``: where item text vectors are cached (default ``<work_dir>/features``).
+    ``train``: the silo's own fine-tuning settings (:class:`~common.training.TrainConfig` keys,
+    e.g. a batch size chosen on its own validation split), applied over the coordinator's and
+    reported with the update as ``train.<key>`` metrics. The architecture stays the run's: the
+    models must have one shape to be merged.
     """
 
     name: str
@@ -44,6 +48,14 @@ class SiloConfig:
     query_budget: int | None = None
     eval_only: bool = False
     feature_cache: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.train_config(TrainConfig())  # a bad override fails when the silo is set up
+
+    def train_config(self, coordinator: TrainConfig) -> TrainConfig:
+        """The coordinator's fine-tuning settings with this silo's own over them."""
+        return with_overrides(coordinator, self.train, f"silo {self.name}: train")
 
 
 class Silo:
@@ -92,12 +104,14 @@ class Silo:
         req = decode_train_request(request)
         feats = self.features(req.run)
         ckpt_dir = self.work / "checkpoints"
-        state, stats = fine_tune_cached(req.base, req.run.model, [self.domain], [feats], req.train,
+        train_cfg = self.cfg.train_config(req.train)
+        state, stats = fine_tune_cached(req.base, req.run.model, [self.domain], [feats], train_cfg,
                                         ckpt_dir)
-        path = checkpoint_path(ckpt_dir, req.base, req.run.model, req.train, [self.domain])
+        path = checkpoint_path(ckpt_dir, req.base, req.run.model, train_cfg, [self.domain])
         self._write_run(run_id, {"checkpoint": str(path), "run": json.loads(str(request.config["run"])),
                                  "queries": 0, "dp_epsilon": stats.get("dp_epsilon")})
-        reply = TrainReply(state, state_hash(req.base), {**stats, "num-examples": float(
+        own = {f"train.{k}": float(v) for k, v in self.cfg.train.items() if isinstance(v, (int, float))}
+        reply = TrainReply(state, state_hash(req.base), {**stats, **own, "num-examples": float(
             sum(len(s) for s in self.domain.train))})
         if req.catalogue == "text":
             reply.item_texts = list(self.domain.item_texts)
