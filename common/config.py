@@ -109,7 +109,8 @@ EXTENDS = "extends"
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
     """The YAML document at ``path``; a mapping with ``extends: other.yaml`` (relative to this
     file) is that file's mapping with this one deep-merged over it, so a variant config names
-    only what it changes. Errors name the file."""
+    only what it changes. Paths inside the merged mapping are read as the extending file's
+    own (keep variants beside what they extend). Errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")

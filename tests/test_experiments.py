@@ -141,7 +141,7 @@ def test_shipped_experiments_are_valid():
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
     for name in ("sharing", "dp", "unseen", "methods", "learned-variants", "learned-variants-zero-out",
-                 "learned-variants-bs32"):
+                 "learned-variants-bs32", "learned-variants-silo-settings"):
         exp, base = load_experiment(configs / f"{name}.yaml")
         assert exp.name == name  # results/<name>/ matches the file
         assert len(exp.seeds) >= 2 or name.startswith("learned-variants")  # reuse a benchmark's run
@@ -156,38 +156,34 @@ def test_shipped_experiments_are_valid():
     assert inits == ["rezero", "zero_out"]
 
 
-def test_shipped_benchmark_configs_differ_only_where_named():
+def test_shipped_benchmark_variants_extend_the_reference():
     from pathlib import Path
+
+    import yaml
 
     from common.config import load_yaml
     from common.experiment import PipelineConfig
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-    ref, zero = (load_yaml(PipelineConfig, configs / f) for f in ("amazon3.yaml", "amazon3-zero-out.yaml"))
-    assert (ref.model.branch_init, zero.model.branch_init) == ("rezero", "zero_out")
-    zero.model.branch_init = "rezero"
-    assert zero == ref
-    small = load_yaml(PipelineConfig, configs / "amazon3-bs32.yaml")
-    assert (small.train.batch_size, small.train.epochs, small.model.item_hidden) == (32, 2, 64)
-    small.train.batch_size, small.train.epochs = ref.train.batch_size, ref.train.epochs
-    small.model.item_hidden = ref.model.item_hidden
-    assert small == ref
+    ref = load_yaml(PipelineConfig, configs / "amazon3.yaml")
+    for name in ("amazon3-bs32", "amazon3-zero-out", "amazon3-silo-settings"):
+        path = configs / f"{name}.yaml"
+        assert yaml.safe_load(path.read_text())["extends"] == "amazon3.yaml"  # names only changes
+        cfg = load_yaml(PipelineConfig, path)
+        assert cfg.data == ref.data and cfg.learned == ref.learned and cfg.eval == ref.eval
 
 
-@pytest.mark.slow
-def test_experiment_through_the_flower_simulation(tmp_path):
-    base = tiny_raw(tmp_path, learned=TINY["learned"][:1])
-    base["data"]["holdout_fraction"] = 0.25
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, allow_unicode=True))
-    exp = {"name": "tiny-sim", "base": "base.yaml", "seeds": [0], "attack": True,
-           "settings": [{"label": "text"},
-                        {"label": "vectors", "set": {"federation": {"catalogue": "vectors"}}}]}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
-    out = run_experiment(path, mode="simulation", output=tmp_path / "results")
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"text", "vectors"}
-    # the same model either way; only what left the silos differs
-    assert summary["text"]["headline_recall@10"] == summary["vectors"]["headline_recall@10"]
-    assert summary["text"]["bytes"] != summary["vectors"]["bytes"]
-    assert (out / "runs" / "text" / "seed0" / "simulation.log").is_file()
+def test_benchmark_report_shows_each_silos_own_training():
+    from experiments.benchmark import training_table
+
+    report = {"config": {"train": {"batch_size": 256, "epochs": 4, "lr": 0.003}},
+              "training": {
+                  "Beauty": {"best_epoch": 3.0, "best_val_ndcg@10": 0.03391, "epochs_run": 3.0,
+                             "seconds": 340.2, "reused_checkpoint": 0.0, "train.batch_size": 32.0,
+                             "train.epochs": 3.0},
+                  "Pantry": {"best_epoch": 4.0, "best_val_ndcg@10": 0.0685, "epochs_run": 4.0,
+                             "reused_checkpoint": 1.0}}}
+    lines = training_table(report).splitlines()
+    assert lines[0] == "run's settings: 256 users per step, 4 epochs, lr 0.003"
+    assert lines[-2:] == ["| Beauty | batch_size 32, epochs 3 | 3 | 3 | 0.0339 | 340 |",
+                          "| Pantry | the run's | 4 | 4 | 0.0685 | reused |"]
