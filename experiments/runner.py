@@ -18,6 +18,7 @@ An experiment YAML::
     headline: mergerec task-wise      # the method the summary and plots follow
     silo_dir: ../../results/benchmark/silos  # optional (relative to this file): reuse another
                                       # run's silo work (checkpoints); default results/<name>/silos
+    extends: other.yaml               # optional: another experiment YAML this one changes
 
 Each (setting, seed) run writes ``runs/<setting>/seed<k>/`` (report.json, ledger, weights);
 a finished run is not re-run, so an interrupted experiment resumes, and ``--report-only``
