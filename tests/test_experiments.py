@@ -187,3 +187,22 @@ def test_benchmark_report_shows_each_silos_own_training():
     assert lines[0] == "run's settings: 256 users per step, 4 epochs, lr 0.003"
     assert lines[-2:] == ["| Beauty | batch_size 32, epochs 3 | 3 | 3 | 0.0339 | 340 |",
                           "| Pantry | the run's | 4 | 4 | 0.0685 | reused |"]
+
+
+@pytest.mark.slow
+def test_experiment_through_the_flower_simulation(tmp_path):
+    base = tiny_raw(tmp_path, learned=TINY["learned"][:1])
+    base["data"]["holdout_fraction"] = 0.25
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base, allow_unicode=True))
+    exp = {"name": "tiny-sim", "base": "base.yaml", "seeds": [0], "attack": True,
+           "settings": [{"label": "text"},
+                        {"label": "vectors", "set": {"federation": {"catalogue": "vectors"}}}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = run_experiment(path, mode="simulation", output=tmp_path / "results")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"text", "vectors"}
+    # the same model either way; only what left the silos differs
+    assert summary["text"]["headline_recall@10"] == summary["vectors"]["headline_recall@10"]
+    assert summary["text"]["bytes"] != summary["vectors"]["bytes"]
+    assert (out / "runs" / "text" / "seed0" / "simulation.log").is_file()
