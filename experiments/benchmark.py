@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from common.config import load_yaml
+from common.federated import OWN_TRAIN_METRIC
 from common.pipeline import PipelineConfig, run_pipeline
 from common.report import atomic_write_text, markdown_table, write_report
 
@@ -57,8 +58,8 @@ def training_table(report: dict) -> str:
              "| model | own settings | epochs run | best epoch | best val N@10 | seconds |",
              "|---|---|---:|---:|---:|---:|"]
     for name, t in report["training"].items():
-        own = ", ".join(f"{k.removeprefix('train.')} {v:g}" for k, v in t.items()
-                        if k.startswith("train.")) or "the run's"
+        own = ", ".join(f"{k.removeprefix(OWN_TRAIN_METRIC)} {v:g}" for k, v in t.items()
+                        if k.startswith(OWN_TRAIN_METRIC)) or "the run's"
         secs = "reused" if t.get("reused_checkpoint") else f"{t['seconds']:.0f}"
         lines.append(f"| {name} | {own} | {t['epochs_run']:.0f} | {t['best_epoch']:.0f} | "
                      f"{t['best_val_ndcg@10']:.4f} | {secs} |")

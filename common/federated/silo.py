@@ -30,6 +30,9 @@ from .protocol import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, RunS
                        encode_eval_reply, encode_train_reply)
 
 
+OWN_TRAIN_METRIC = "train."  # prefix of the reply metrics naming a silo's own training settings
+
+
 @dataclass
 class SiloConfig:
     """A silo's own settings (from its node config in deployment).
@@ -110,7 +113,8 @@ class Silo:
         path = checkpoint_path(ckpt_dir, req.base, req.run.model, train_cfg, [self.domain])
         self._write_run(run_id, {"checkpoint": str(path), "run": json.loads(str(request.config["run"])),
                                  "queries": 0, "dp_epsilon": stats.get("dp_epsilon")})
-        own = {f"train.{k}": float(v) for k, v in self.cfg.train.items() if isinstance(v, (int, float))}
+        own = {OWN_TRAIN_METRIC + k: float(v) for k, v in self.cfg.train.items()
+               if isinstance(v, (int, float))}
         reply = TrainReply(state, state_hash(req.base), {**stats, **own, "num-examples": float(
             sum(len(s) for s in self.domain.train))})
         if req.catalogue == "text":
