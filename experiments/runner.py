@@ -247,8 +247,10 @@ def run_stats(report: dict, headline: str) -> dict[str, float | None]:
 
 def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[str, dict]:
     """Markdown report and a JSON summary (per setting: each statistic over seeds)."""
+    splits = sorted({r["protocol"]["split"] for by_seed in runs.values() for r in by_seed.values()})
     lines = [f"# Experiment `{exp.name}`", "",
-             f"Seeds: {exp.seeds}. Headline method: **{exp.headline}**. Metrics: test split, full "
+             f"Seeds: {exp.seeds}. Headline method: **{exp.headline}**. Metrics: "
+             f"{' and '.join(splits) or 'test'} split, full "
              "ranking over each domain's catalogue, averaged over the seen domains; mean ± std "
              "over seeds.", "",
              f"| setting | ε (nominal, spent by the silos) | {exp.headline} avg R@10 | avg N@10 | "

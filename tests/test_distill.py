@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from common.distill import PseudoUserConfig, build_pseudo_users, kmeans_nearest, select_items, teacher_scores
+from common.distill.learn import sample_rows
 from common.model import ModelConfig, build_base_model
 
 
@@ -47,3 +49,16 @@ def test_teacher_topk_matches_full_rows():
     top = teacher_scores(model, feats, [[1], [2, 3]], topk=5)
     assert torch.allclose(top.scores, full.scores.topk(5, dim=1).values)
     assert torch.equal(top.top1(), full.top1())
+
+
+def test_domain_sampling_equal_and_proportional():
+    offsets = torch.tensor([0, 10, 1010])  # a 10-user and a 1000-user domain
+    gen = torch.Generator().manual_seed(0)
+    equal = sample_rows(offsets, 4000, "equal", gen)
+    small = (equal < 10).float().mean().item()
+    assert 0.45 < small < 0.55 and equal.min() >= 0 and equal.max() < 1010
+    assert set((equal[equal < 10]).tolist()) == set(range(10))  # every small-domain user drawn
+    prop = sample_rows(offsets, 4000, "proportional", gen)
+    assert (prop < 10).float().mean().item() < 0.03
+    with pytest.raises(ValueError, match="unknown domain sampling"):
+        sample_rows(offsets, 4, "uniform", gen)

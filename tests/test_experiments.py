@@ -122,11 +122,13 @@ def test_finished_runs_are_rerun_when_their_inputs_change(tmp_path, capsys):
     assert "no longer among the silos' checkpoints" in capsys.readouterr().out
 
     # an edited configuration makes the run stale too
-    other["common"] = {"merges": [{"method": "average"}]}
+    assert "Metrics: test split" in (out / "report.md").read_text()
+    other["common"] = {"merges": [{"method": "average"}], "eval": {"split": "val"}}
     path.write_text(yaml.safe_dump(other))
     stamp = done.stat().st_mtime_ns
     run_experiment(path, mode="in-process", output=out)
     assert done.stat().st_mtime_ns != stamp and "configuration changed" in capsys.readouterr().out
+    assert "Metrics: val split" in (out / "report.md").read_text()
     assert json.loads((stale.parent.parent / "stale-seed0-2" / "run.json").read_text()) == again
     assert json.loads(stale.read_text())["inputs"] == first["inputs"]  # nothing overwritten
     assert list(json.loads(done.read_text())["results"]) != list(again["results"])

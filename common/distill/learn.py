@@ -26,6 +26,10 @@ class DistillConfig:
     (the paper); ``refresh`` re-encodes it without gradient every ``item_refresh_every``
     steps; ``differentiable`` encodes it with the current weights at every step, with
     gradient (no train/test mismatch; affordable because the item tower is small).
+    ``domain_sampling``: ``proportional`` draws each batch row uniformly from all domains'
+    pseudo-users pooled (the paper: a domain weighs as much as its catalogue is large);
+    ``equal`` first draws a domain uniformly, then one of its pseudo-users, so every domain
+    weighs the same, as in the average metric the merge is judged by.
     ``student_dropout`` runs the student in train mode (the official code does; off here so
     that student, teacher and item table see the same dropout-free model).
     """
@@ -37,6 +41,7 @@ class DistillConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     item_table: Literal["frozen", "refresh", "differentiable"] = "frozen"
     item_refresh_every: int = 50
+    domain_sampling: Literal["proportional", "equal"] = "proportional"
     student_dropout: bool = False
     seed: int = 0
     progress: bool = True
@@ -67,6 +72,18 @@ def _encode_table(model: TextSeqRec, params: StateDict, feats: torch.Tensor) -> 
         return functional_call(model, params, (feats,))
 
 
+def sample_rows(offsets: torch.Tensor, n: int, sampling: str,
+                gen: torch.Generator) -> torch.Tensor:
+    """``n`` pseudo-user rows (indices into the pooled domains, ``offsets`` their starts)."""
+    if sampling == "proportional":
+        return torch.randint(int(offsets[-1]), (n,), generator=gen)
+    if sampling != "equal":
+        raise ValueError(f"unknown domain sampling '{sampling}' (proportional or equal)")
+    sizes = offsets[1:] - offsets[:-1]
+    dom = torch.randint(len(sizes), (n,), generator=gen)
+    return offsets[dom] + (torch.rand(n, generator=gen) * sizes[dom]).long()
+
+
 def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
                         domains: list[DomainPseudoData], cfg: DistillConfig) -> LearnResult:
     """Optimise merging weights with Adam; ``model`` only supplies the architecture."""
@@ -84,7 +101,6 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
     feats = [d.features.float().to(device) for d in domains]
     teachers = [None if d.teacher is None else d.teacher.to(device) for d in domains]
     offsets = torch.tensor([0] + [len(d.sequences) for d in domains]).cumsum(0)
-    total_users = int(offsets[-1])
     tables = [None] * len(domains)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -97,7 +113,7 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
         elif step == 0 or (cfg.item_table == "refresh" and step % cfg.item_refresh_every == 0):
             detached = {k: v.detach() for k, v in params.items()}
             tables = [_encode_table(model, detached, f) for f in feats]
-        picks = torch.randint(total_users, (cfg.batch_size,), generator=gen)
+        picks = sample_rows(offsets, cfg.batch_size, cfg.domain_sampling, gen)
         dom_of = torch.bucketize(picks, offsets[1:], right=True)
         loss = torch.zeros((), device=device)
         logs: dict[str, float] = {}
