@@ -273,7 +273,6 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                      f"{statistics.mean(row['queries']):.0f} | {mean_std(row['attack_auc'])} | "
                      f"{mean_std(row['attack_advantage'])} |")
     labels = [s.label for s in exp.settings if s.label in runs]
-    first = next(iter(runs[labels[0]].values()))
     methods = list(dict.fromkeys(m for label in labels for r in runs[label].values()
                                  for m in r["results"]))  # every setting's methods, in order
     tables = [("average", "seen domains")]
@@ -289,7 +288,12 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                                           if v is not None])
                                 for metric in ("recall@10", "ndcg@10")) for label in labels]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Protocol: " + json.dumps(first["protocol"], default=str)]
+    protocols = {label: json.dumps(next(iter(runs[label].values()))["protocol"], default=str)
+                 for label in labels}
+    if len(set(protocols.values())) == 1:
+        lines += ["", "Protocol: " + protocols[labels[0]]]
+    else:
+        lines += [""] + [f"Protocol ({label}): {p}" for label, p in protocols.items()]
     return "\n".join(lines) + "\n", summary
 
 

@@ -128,7 +128,14 @@ def test_finished_runs_are_rerun_when_their_inputs_change(tmp_path, capsys):
     stamp = done.stat().st_mtime_ns
     run_experiment(path, mode="in-process", output=out)
     assert done.stat().st_mtime_ns != stamp and "configuration changed" in capsys.readouterr().out
-    assert "Metrics: val split" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Metrics: val split" in report and 'Protocol: {"split": "val"' in report
+    # a setting measured on another split: the report names both and each one's protocol
+    other["settings"].append({"label": "b", "set": {"eval": {"split": "test"}}})
+    path.write_text(yaml.safe_dump(other))
+    report = (run_experiment(path, mode="in-process", output=out) / "report.md").read_text()
+    assert "Metrics: test and val split" in report
+    assert 'Protocol (a): {"split": "val"' in report and 'Protocol (b): {"split": "test"' in report
     assert json.loads((stale.parent.parent / "stale-seed0-2" / "run.json").read_text()) == again
     assert json.loads(stale.read_text())["inputs"] == first["inputs"]  # nothing overwritten
     assert list(json.loads(done.read_text())["results"]) != list(again["results"])

@@ -101,7 +101,7 @@ def test_unknown_method():
         build_merge(MergeConfig("bogus"), BASE, FT)
 
 
-def test_learned_merge_task_and_layer_wise():
+def test_learned_merge_task_layer_and_tensor_wise():
     init = build_merge(MergeConfig("task_arithmetic", lam=0.5), BASE, FT)
     lm = LearnedMerge(BASE, init, "task")
     assert torch.allclose(lm.merged_state()["w"], init.merged(BASE)["w"])
@@ -113,6 +113,14 @@ def test_learned_merge_task_and_layer_wise():
     assert torch.allclose(out["b"], FT[0]["b"]) and torch.allclose(out["w"], init.merged(BASE)["w"])
     out["w"].sum().backward()
     assert lw.weights.grad is not None and lw.weights.grad.abs().sum() > 0
+    tw = LearnedMerge(BASE, init, "tensor")
+    assert tw.group_names == list(BASE) and tw.weights.shape == (len(BASE), 2)
+    with torch.no_grad():
+        tw.weights[tw.group_names.index("w")] = torch.tensor([0.0, 1.0])
+    out = tw.merged_state()
+    assert torch.allclose(out["w"], FT[1]["w"]) and torch.allclose(out["b"], init.merged(BASE)["b"])
+    with pytest.raises(ValueError, match="unknown granularity"):
+        LearnedMerge(BASE, init, "row")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", ["ties", "dare", "pcb", "localize_stitch"])

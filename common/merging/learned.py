@@ -1,4 +1,5 @@
-"""Learnable merging weights: task-wise (one per domain) or layer-wise (per domain and group).
+"""Learnable merging weights: task-wise (one per domain), layer-wise (per domain and layer
+group) or tensor-wise (per domain and parameter tensor).
 
 The merged parameters ``θ₀ + Σ_k w[g(name), k] · τ̃_k[name]`` are rebuilt by
 :meth:`LearnedMerge.merged_state` once per optimisation step and then used for every forward
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 from .methods import MergeInit, StateDict
 
-Granularity = Literal["task", "layer"]
+Granularity = Literal["task", "layer", "tensor"]
 
 
 class LearnedMerge(nn.Module):
@@ -31,6 +32,11 @@ class LearnedMerge(nn.Module):
         if granularity == "task":
             self.group_names = ["all"]
             self.group_of = {n: 0 for n in self.names}
+        elif granularity == "tensor":
+            self.group_names = list(self.names)
+            self.group_of = {n: i for i, n in enumerate(self.names)}
+        elif granularity != "layer":
+            raise ValueError(f"unknown granularity '{granularity}' (task, layer or tensor)")
         else:
             assert groups is not None
             missing = [n for n in self.names if n not in groups]
