@@ -150,10 +150,11 @@ def test_shipped_experiments_are_valid():
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
     for name in ("sharing", "dp", "unseen", "methods", "learned-variants", "learned-variants-zero-out",
-                 "learned-variants-bs32", "learned-variants-silo-settings"):
+                 "learned-variants-bs32", "learned-variants-silo-settings", "learned-granularity",
+                 "learned-granularity-seed1"):
         exp, base = load_experiment(configs / f"{name}.yaml")
         assert exp.name == name  # results/<name>/ matches the file
-        assert len(exp.seeds) >= 2 or name.startswith("learned-variants")  # reuse a benchmark's run
+        assert len(exp.seeds) >= 2 or name.startswith("learned-")  # reuse a benchmark's run
         for setting in exp.settings:
             cfg = from_dict(PipelineConfig, deep_merge(deep_merge(base, exp.common), setting.set))
             assert [s.name for s in cfg.data.sources] == ["Beauty", "Pantry", "Sports"]
@@ -166,6 +167,7 @@ def test_shipped_experiments_are_valid():
 
 
 def test_shipped_benchmark_variants_extend_the_reference():
+    from dataclasses import replace
     from pathlib import Path
 
     import yaml
@@ -180,6 +182,8 @@ def test_shipped_benchmark_variants_extend_the_reference():
         assert yaml.safe_load(path.read_text())["extends"] == "amazon3.yaml"  # names only changes
         cfg = load_yaml(PipelineConfig, path)
         assert cfg.data == ref.data and cfg.learned == ref.learned and cfg.eval == ref.eval
+    own = load_yaml(PipelineConfig, configs / "amazon3-silo-settings.yaml")
+    assert load_yaml(PipelineConfig, configs / "amazon3-silo-settings-seed1.yaml") == replace(own, seed=1)
 
 
 def test_benchmark_report_shows_each_silos_own_training():
@@ -215,3 +219,35 @@ def test_experiment_through_the_flower_simulation(tmp_path):
     assert summary["text"]["headline_recall@10"] == summary["vectors"]["headline_recall@10"]
     assert summary["text"]["bytes"] != summary["vectors"]["bytes"]
     assert (out / "runs" / "text" / "seed0" / "simulation.log").is_file()
+
+
+def test_oracle_merge_on_a_finished_run(tmp_path):
+    from common.pipeline import run_pipeline
+    from experiments.oracle_merge import run_oracle, summary
+    from tests.runs import tiny_config
+
+    bench = tmp_path / "bench"
+    run_pipeline(tiny_config(tmp_path, output_dir=str(bench), learned=TINY["learned"][:1]))
+    report = run_oracle(bench, ["task", "tensor"], steps=5, batch_size=8, max_users=30)
+    res = report["results"]
+    for g, groups in (("task", 1), ("tensor", None)):
+        row = res[f"oracle {g}-wise (real validation users)"]
+        assert set(row) == {"beauty", "sports", "pantry", "average"}
+        assert 0 <= row["average"]["recall@10"] <= 1
+        weights = report["learned_weights"][f"oracle {g}-wise (real validation users)"]
+        assert all(len(w) == 3 for w in weights.values()) and (groups is None or len(weights) == groups)
+    assert len(report["learned_weights"]["oracle tensor-wise (real validation users)"]) > 5
+    assert "mergerec task-wise" in res and "in-domain fine-tuned" in res  # the run's rows kept
+    assert set(report["validation_average"]) == set(report["learned_weights"])
+    assert "% of in-domain); on validation, where it was fitted, 0." in summary(report)
+
+    with pytest.raises(SystemExit, match="report.json: not found"):
+        run_oracle(tmp_path / "nothing", ["task"], 5, 8, 30)
+    saved = (bench / "report.json").read_text()
+    (bench / "report.json").write_text(json.dumps({**json.loads(saved), "base_hash": "0" * 64}))
+    with pytest.raises(SystemExit, match="θ₀ of this code differs"):
+        run_oracle(bench, ["task"], 5, 8, 30)
+    (bench / "report.json").write_text(saved)
+    (bench / "received" / "pantry.safetensors").unlink()
+    with pytest.raises(SystemExit, match="no weights for silo pantry"):
+        run_oracle(bench, ["task"], 5, 8, 30)
