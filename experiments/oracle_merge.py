@@ -36,6 +36,7 @@ from common.model import TextSeqRec, build_base_model, model_from_state, state_h
 from common.pipeline import PipelineConfig, local_silos
 from common.report import markdown_table, write_report
 from common.text import make_encoder
+from experiments.benchmark import TRAINING_FREE
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_ROWS = ("zero-shot base θ₀", "in-domain fine-tuned", "average", "task arithmetic", "ties",
@@ -110,8 +111,7 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
 def summary(report: dict) -> str:
     """The results table and how the best oracle compares with the best training-free merge."""
     res = report["results"]
-    free = [m for m in ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch")
-            if m in res]
+    free = [m for m in TRAINING_FREE if m in res]
     best_free = max(free, key=lambda m: res[m]["average"]["recall@10"])
     tf = res[best_free]["average"]["recall@10"]
     in_domain = res["in-domain fine-tuned"]["average"]["recall@10"]

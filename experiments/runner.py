@@ -52,6 +52,7 @@ from common.pipeline import run_pipeline
 from common.privacy import attack_metrics, membership_scores
 from common.report import atomic_write_text
 from common.text import center_features, item_features, make_encoder
+from experiments.benchmark import TRAINING_FREE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,9 +222,6 @@ def _avg(report: dict, method: str, metric: str, over: str = "average") -> float
     (``average unseen``) domains."""
     row = report["results"].get(method, {})
     return row.get(over, {}).get(metric)
-
-
-TRAINING_FREE = ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch")
 
 
 def run_stats(report: dict, headline: str) -> dict[str, float | None]:
