@@ -109,7 +109,8 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
 
 
 def summary(report: dict) -> str:
-    """The results table and how the best oracle compares with the best training-free merge."""
+    """The results table and how each merge fitted on real users compares with the best
+    training-free merge and the in-domain models."""
     res = report["results"]
     free = [m for m in TRAINING_FREE if m in res]
     best_free = max(free, key=lambda m: res[m]["average"]["recall@10"])
