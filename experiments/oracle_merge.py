@@ -39,14 +39,15 @@ from common.text import make_encoder
 from experiments.benchmark import TRAINING_FREE
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_ROWS = ("zero-shot base θ₀", "in-domain fine-tuned", "average", "task arithmetic", "ties",
-                  "dare", "pcb", "localize stitch", "mergerec task-wise", "mergerec layer-wise")
+REFERENCE_ROWS = ("zero-shot base θ₀", "in-domain fine-tuned", *TRAINING_FREE, "mergerec task-wise",
+                  "mergerec layer-wise")
 
 
 def validation_users(domain: Domain, features: torch.Tensor, max_len: int, max_users: int,
                      seed: int) -> DomainPseudoData:
-    """A domain's validation histories (last ``max_len`` items) labelled with their true next
-    item, shaped as pseudo-users with a top-1 'teacher' answer."""
+    """A domain's validation histories (last ``max_len`` items, as evaluation sees them; the
+    learner then encodes only those items) labelled with their true next item, shaped as
+    pseudo-users with a top-1 'teacher' answer."""
     hist, targets = domain.eval_examples("val")
     order = torch.randperm(len(hist), generator=torch.Generator().manual_seed(seed))[:max_users]
     seqs = [hist[i][-max_len:] for i in order.tolist()]

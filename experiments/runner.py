@@ -245,7 +245,9 @@ def run_stats(report: dict, headline: str) -> dict[str, float | None]:
 
 def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[str, dict]:
     """Markdown report and a JSON summary (per setting: each statistic over seeds)."""
-    splits = sorted({r["protocol"]["split"] for by_seed in runs.values() for r in by_seed.values()})
+    labels = [s.label for s in exp.settings if s.label in runs]
+    protocols = {label: next(iter(runs[label].values()))["protocol"] for label in labels}
+    splits = sorted({p["split"] for p in protocols.values()})
     lines = [f"# Experiment `{exp.name}`", "",
              f"Seeds: {exp.seeds}. Headline method: **{exp.headline}**. Metrics: "
              f"{' and '.join(splits) or 'test'} split, full "
@@ -270,7 +272,6 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                      f" | {statistics.mean(row['bytes']) / 1e6:.2f} MB | "
                      f"{statistics.mean(row['queries']):.0f} | {mean_std(row['attack_auc'])} | "
                      f"{mean_std(row['attack_advantage'])} |")
-    labels = [s.label for s in exp.settings if s.label in runs]
     methods = list(dict.fromkeys(m for label in labels for r in runs[label].values()
                                  for m in r["results"]))  # every setting's methods, in order
     tables = [("average", "seen domains")]
@@ -286,12 +287,11 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                                           if v is not None])
                                 for metric in ("recall@10", "ndcg@10")) for label in labels]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    protocols = {label: json.dumps(next(iter(runs[label].values()))["protocol"], default=str)
-                 for label in labels}
-    if len(set(protocols.values())) == 1:
-        lines += ["", "Protocol: " + protocols[labels[0]]]
+    stamps = {label: json.dumps(p, default=str) for label, p in protocols.items()}
+    if len(set(stamps.values())) == 1:
+        lines += ["", "Protocol: " + stamps[labels[0]]]
     else:
-        lines += [""] + [f"Protocol ({label}): {p}" for label, p in protocols.items()]
+        lines += [""] + [f"Protocol ({label}): {p}" for label, p in stamps.items()]
     return "\n".join(lines) + "\n", summary
 
 
