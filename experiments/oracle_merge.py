@@ -32,10 +32,10 @@ from common.experiment import load_domains
 from common.federated import RunSettings
 from common.federated.coordinator import safe_name
 from common.merging import MergeConfig, build_merge
-from common.model import TextSeqRec, build_base_model, model_from_state, state_hash
+from common.backbone import resolve_base
+from common.model import TextSeqRec, model_from_state, state_hash
 from common.pipeline import PipelineConfig, local_silos
 from common.report import markdown_table, write_report
-from common.text import make_encoder
 from experiments.benchmark import TRAINING_FREE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +73,7 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
     bench_report = json.loads(source.read_text())
     cfg = from_dict(PipelineConfig, bench_report["config"], str(source))
     domains = [d for d in load_domains(cfg.data) if d.name not in cfg.federation.eval_only]
-    model_cfg = replace(cfg.model, text_dim=make_encoder(cfg.encoder).dim)
-    base = build_base_model(model_cfg, cfg.seed).state_dict()
+    model_cfg, base = resolve_base(cfg.encoder, cfg.model, cfg.seed)
     if state_hash(base) != bench_report["base_hash"]:
         raise SystemExit(f"{source}: θ₀ of this code differs from the benchmark's; re-run it")
     finetuned = []

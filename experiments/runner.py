@@ -47,11 +47,11 @@ from safetensors.torch import load_file
 from common.config import ConfigError, deep_merge, from_dict, load_yaml, read_yaml, to_dict
 from common.experiment import PipelineConfig, load_full_domains, split_holdout
 from common.federated.coordinator import safe_name
-from common.model import ModelConfig, build_base_model, state_hash
+from common.backbone import item_inputs, resolve_base
+from common.model import state_hash
 from common.pipeline import run_pipeline
 from common.privacy import attack_metrics, membership_scores
 from common.report import atomic_write_text
-from common.text import center_features, item_features, make_encoder
 from experiments.benchmark import TRAINING_FREE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,17 +191,15 @@ def leakage(raw: dict, folder: Path, report: dict) -> dict[str, dict[str, float]
     if cfg.data.holdout_fraction <= 0:
         raise ConfigError("attack: true needs data.holdout_fraction > 0 (users the silo never saw)")
     full = load_full_domains(cfg.data)
-    encoder = make_encoder(cfg.encoder)
-    model_cfg = ModelConfig(**{**to_dict(cfg.model), "text_dim": encoder.dim})
-    base = build_base_model(model_cfg, cfg.seed).state_dict()  # θ₀ as the coordinator built it
+    model_cfg, base = resolve_base(cfg.encoder, cfg.model, cfg.seed)  # θ₀ as the coordinator built it
     out = {}
     for domain in full:
         received = folder / "received" / f"{domain.name}.safetensors"
         if not received.is_file():
             continue
         members, held_out = split_holdout(cfg.data, domain)
-        feats = item_features(domain, encoder, Path(cfg.data.cache_dir) / "features")
-        feats = center_features(feats) if cfg.center_features else feats
+        feats = item_inputs(domain.item_texts, cfg.encoder, model_cfg, cfg.center_features,
+                            Path(cfg.data.cache_dir) / "features", domain.name)
         state = load_file(str(received))
         out[domain.name] = attack_metrics(
             membership_scores(state, base, model_cfg, members, feats),

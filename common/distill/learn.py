@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..merging.learned import Granularity, LearnedMerge
 from ..merging.methods import MergeInit, StateDict
-from ..model.recommender import TextSeqRec, history_multi_hot, pad_sequences
+from ..model.recommender import ItemInputs, TextSeqRec, history_multi_hot, pad_sequences
 from ..runtime import compute_device
 from .losses import LossConfig, merge_loss
 from .teacher import TeacherSignal
@@ -52,7 +52,7 @@ class DomainPseudoData:
     """One domain's pseudo-users, item text vectors and (optional) teacher answers."""
 
     name: str
-    features: torch.Tensor
+    features: ItemInputs
     sequences: list[list[int]]
     teacher: TeacherSignal | None = None
 

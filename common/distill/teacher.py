@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.recommender import TextSeqRec, pad_sequences
+from ..model.recommender import ItemInputs, TextSeqRec, pad_sequences
 from ..runtime import on_device
 
 
@@ -52,7 +52,7 @@ class TeacherSignal:
 
 
 @torch.no_grad()
-def teacher_scores(model: TextSeqRec, features: torch.Tensor, seqs: list[list[int]],
+def teacher_scores(model: TextSeqRec, features: ItemInputs, seqs: list[list[int]],
                    topk: int | None = None, batch_size: int = 1024) -> TeacherSignal:
     """Cosine scores of ``model`` for ``seqs`` against all items (eval mode, fp32)."""
     with on_device(model, eval_mode=True) as device:

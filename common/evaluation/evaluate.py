@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..data.domain import Domain, Split
-from ..model.recommender import TextSeqRec, pad_sequences
+from ..model.recommender import ItemInputs, TextSeqRec, pad_sequences
 from ..runtime import on_device
 from .metrics import metrics_from_ranks, target_ranks
 
@@ -76,7 +76,7 @@ def evaluate_scores(score_fn: ScoreFn, domain: Domain, cfg: EvalConfig,
 
 
 @torch.no_grad()
-def evaluate_model(model: TextSeqRec, domain: Domain, text_features: torch.Tensor,
+def evaluate_model(model: TextSeqRec, domain: Domain, text_features: ItemInputs,
                    cfg: EvalConfig | None = None) -> EvalResult:
     """Evaluate ``model`` on ``domain`` with full ranking in fp32."""
     cfg = cfg or EvalConfig()

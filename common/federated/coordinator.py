@@ -21,9 +21,11 @@ from ..distill import (DomainPseudoData, LearnResult, TeacherSignal, extend_walk
                        learn_merge_weights, select_items)
 from ..experiment import LearnedMergeSpec, PipelineConfig
 from ..merging import build_merge
-from ..model import ModelConfig, TextSeqRec, build_base_model, state_hash
+from ..backbone import item_inputs, resolve_base
+from ..model import ModelConfig, TextSeqRec, model_from_state, state_hash
+from ..model.recommender import ItemInputs
 from ..report import Stages, atomic_write_text, peak_rss_mb, write_report
-from ..text import catalogue_features, center_features, make_encoder
+from ..text import make_encoder
 from ..text.cache import atomic_save_safetensors
 from .checks import check_update, check_vectors
 from .ledger import Ledger
@@ -53,14 +55,16 @@ class Federation(Protocol):
         ...
 
 
-def build_pseudo_data(spec: LearnedMergeSpec, features: dict[str, torch.Tensor], ask: Ask
-                      ) -> list[DomainPseudoData]:
+def build_pseudo_data(spec: LearnedMergeSpec, features: dict[str, ItemInputs], ask: Ask,
+                      vectors: Callable[[str], torch.Tensor]) -> list[DomainPseudoData]:
     """Pseudo-users per domain from its catalogue only; walks and teacher answers are asked
-    of the silos (``ask``: domain → sequences in, domain → answers out, failed silos left out)."""
+    of the silos (``ask``: domain → sequences in, domain → answers out, failed silos left out).
+    ``vectors(name)``: θ₀'s item text vectors of a catalogue (centroid sampling clusters them)."""
     cfg = spec.pseudo_users
     if cfg.kind not in ("one_item", "walk"):
         raise ValueError(f"unknown pseudo-user kind '{cfg.kind}'")
-    seqs = {n: [[i] for i in select_items(f, cfg)] for n, f in features.items()}
+    seqs = {n: [[i] for i in select_items(vectors(n) if cfg.sample == "centroid" else f, cfg)]
+            for n, f in features.items()}
     if cfg.kind == "walk":
         for _ in range(cfg.walk_length - 1):
             answers = ask(seqs, None)
@@ -138,8 +142,10 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
 
     require("start", trainers)
     encoder = make_encoder(cfg.encoder)
-    model_cfg = replace(cfg.model, text_dim=encoder.dim)
-    base = build_base_model(model_cfg, cfg.seed).state_dict()
+    model_cfg, base = resolve_base(cfg.encoder, cfg.model, cfg.seed)
+    if fcfg.catalogue == "vectors" and model_cfg.text_layers:
+        raise ValueError("catalogue 'vectors' shares frozen item vectors; with trainable text "
+                         "encoder layers (model.text_layers > 0) the silos must share item texts")
     base_hash = state_hash(base)
     run = RunSettings(cfg.encoder, cfg.center_features, model_cfg)
     log(f"θ₀ {base_hash[:12]} → fine-tuning in {len(trainers)} silo(s): {', '.join(trainers)}")
@@ -149,7 +155,7 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
     replies = stages.run("fine-tune in silos", session.exchange, "train", TRAIN,
                          {n: train_req for n in trainers}, fcfg.train_timeout_s)
     finetuned: dict[str, StateDict] = {}
-    features: dict[str, torch.Tensor] = {}
+    features: dict[str, ItemInputs] = {}
     training: dict[str, dict[str, float]] = {}
     for name in trainers:
         if name not in replies:
@@ -170,9 +176,9 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
         if rep.item_vectors is not None:
             features[name] = rep.item_vectors
         else:
-            feats = catalogue_features(rep.item_texts or [], encoder,
-                                       Path(cfg.data.cache_dir) / "features", name)
-            features[name] = center_features(feats) if cfg.center_features else feats
+            features[name] = item_inputs(rep.item_texts or [], cfg.encoder, model_cfg,
+                                         cfg.center_features, Path(cfg.data.cache_dir) / "features",
+                                         name)
         finetuned[name] = rep.state
         training[name] = rep.metrics
     names = list(finetuned)
@@ -195,6 +201,10 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
         return _ask_silos(session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
                           require_dp)
 
+    def base_vectors(name: str) -> torch.Tensor:
+        with torch.no_grad():
+            return model_from_state(model_cfg, base).text_vectors(features[name])
+
     learned_weights: dict[str, dict[str, list[float]]] = {}
     pseudo_cache: dict[str, list[DomainPseudoData]] = {}
     for spec in cfg.learned:
@@ -202,7 +212,7 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
                           spec.distill.loss.needs_teacher])
         if key not in pseudo_cache:  # variants with the same pseudo-users share the answers
             pseudo_cache[key] = stages.run(f"pseudo-users + silo answers ({spec.name})",
-                                           build_pseudo_data, spec, features, ask)
+                                           build_pseudo_data, spec, features, ask, base_vectors)
         pseudo = pseudo_cache[key]
         if not pseudo:
             session.fail(Failure("*", f"learn ({spec.name})", "no silo answered the queries"))

@@ -15,7 +15,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from safetensors.torch import load_file
 
 from ..config import from_dict, with_overrides
@@ -23,7 +22,8 @@ from ..data import Domain
 from ..distill import teacher_scores
 from ..evaluation import evaluate_model, evaluate_popularity
 from ..model import TextSeqRec, model_from_state, state_hash
-from ..text import catalogue_features, center_features, make_encoder
+from ..model.recommender import ItemInputs
+from ..backbone import item_inputs
 from ..training import TrainConfig, checkpoint_path, fine_tune_cached
 from .protocol import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, RunSettings, TrainReply,
                        decode_eval_request, decode_sequences, decode_train_request, encode_answer,
@@ -68,22 +68,23 @@ class Silo:
         self.cfg = cfg
         self._load_domain = load_domain
         self.work = Path(cfg.work_dir)
-        self._features: dict[tuple[str, bool], torch.Tensor] = {}
+        self._features: dict[tuple[str, bool, int], ItemInputs] = {}
         self._teachers: dict[str, TextSeqRec] = {}  # checkpoint path -> loaded model
 
     @cached_property
     def domain(self) -> Domain:
         return self._load_domain()
 
-    def features(self, run: RunSettings) -> torch.Tensor:
-        """The frozen item text vectors the model uses (cached on the silo's disk, and in
-        memory while this process serves more messages)."""
-        key = (run.encoder, run.center_features)
+    def features(self, run: RunSettings) -> ItemInputs:
+        """The model's item inputs (frozen text vectors, or token states below the trainable
+        encoder layers), cached on the silo's disk, and in memory while this process serves
+        more messages."""
+        key = (run.encoder, run.center_features, run.model.text_layers)
         if key not in self._features:
-            feats = catalogue_features(self.domain.item_texts, make_encoder(run.encoder),
-                                       self.cfg.feature_cache or self.work / "features",
-                                       self.cfg.name)
-            self._features[key] = center_features(feats) if run.center_features else feats
+            self._features[key] = item_inputs(self.domain.item_texts, run.encoder, run.model,
+                                              run.center_features,
+                                              self.cfg.feature_cache or self.work / "features",
+                                              self.cfg.name)
         return self._features[key]
 
     def handle(self, kind: str, request: Payload, run_id: str) -> Payload:
@@ -105,6 +106,9 @@ class Silo:
         if self.cfg.eval_only:
             raise QueryRefused(f"silo {self.cfg.name} is evaluation-only: it does not train")
         req = decode_train_request(request)
+        if req.catalogue == "vectors" and req.run.model.text_layers:
+            raise QueryRefused("catalogue 'vectors' needs frozen item vectors "
+                               "(the run trains text encoder layers)")
         feats = self.features(req.run)
         ckpt_dir = self.work / "checkpoints"
         train_cfg = self.cfg.train_config(req.train)

@@ -1,6 +1,9 @@
 """Text-based sequential recommender: items are represented only through their text vectors.
 
-* Item tower: ``e_i = normalize(x_i + Adapter(x_i))`` over the frozen text vector ``x_i``.
+* Text vectors ``x_i``: the frozen text encoder's item vectors, or, with ``text_layers`` > 0,
+  the output of the encoder's top layers, trained with the rest
+  (:class:`~common.model.text_tower.TextTower` over cached lower-layer token states).
+* Item tower: ``e_i = x_i + gate · Adapter(x_i)``.
 * Sequence tower: a causal transformer over the last ``max_len`` item vectors of a history;
   the user vector at position ``t`` is ``normalize(e_{s_t} + Head(h_t))``.
 * Score: cosine(user, item) + β·[item in the history], divided by the temperature, against
@@ -24,17 +27,24 @@ gradient instead. Which merges better depends on the data (README, "Branch initi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..text.token_states import TokenStates
+from .text_tower import TextTower
+
+ItemInputs = Union[torch.Tensor, TokenStates]
+
 
 @dataclass
 class ModelConfig:
-    """Architecture of the recommender (text_dim comes from the text encoder)."""
+    """Architecture of the recommender. ``text_dim`` comes from the text encoder;
+    ``text_layers`` > 0 makes that many of the encoder's top layers part of the model
+    (``text_heads``, ``text_ffn``, ``text_eps``: their shape, also from the encoder)."""
 
     text_dim: int = 384
     hidden: int = 128
@@ -45,6 +55,10 @@ class ModelConfig:
     item_hidden: int = 256
     temperature: float = 0.05
     branch_init: Literal["rezero", "zero_out"] = "rezero"
+    text_layers: int = 0
+    text_heads: int = 12
+    text_ffn: int = 1536
+    text_eps: float = 1e-12
 
 
 class ItemTower(nn.Module):
@@ -110,6 +124,10 @@ class TextSeqRec(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        if cfg.text_layers < 0:
+            raise ValueError(f"text_layers must be >= 0, got {cfg.text_layers}")
+        self.text_tower = TextTower(cfg.text_dim, cfg.text_layers, cfg.text_heads, cfg.text_ffn,
+                                    cfg.text_eps) if cfg.text_layers else None
         self.item_tower = ItemTower(cfg)
         self.seq_tower = SequenceTower(cfg)
         self.history_weight = nn.Parameter(torch.zeros(1))
@@ -129,7 +147,7 @@ class TextSeqRec(nn.Module):
         item.gate.fill_(1.0 / item.out.in_features)
         seq.gate.copy_(torch.tensor([1.0 / seq.skip.in_features, 1.0 / seq.out.in_features]))
 
-    def forward(self, item_text: torch.Tensor, seqs: torch.Tensor | None = None,
+    def forward(self, item_text: ItemInputs, seqs: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Item vectors of ``item_text``, or user vectors when ``seqs`` index into it.
 
@@ -142,9 +160,19 @@ class TextSeqRec(nn.Module):
         assert lengths is not None
         return self.encode_sequences(item_emb, seqs, lengths)
 
-    def encode_items(self, text: torch.Tensor) -> torch.Tensor:
-        """Unnormalised item vectors [N, D] from text vectors [N, text_dim]."""
-        return self.item_tower(text)
+    def text_vectors(self, inputs: ItemInputs) -> torch.Tensor:
+        """Item text vectors [N, text_dim]: token states go through the text tower; a tensor
+        is taken as text vectors already (frozen ones, or the text tower's, precomputed)."""
+        if isinstance(inputs, TokenStates):
+            if self.text_tower is None:
+                raise ValueError("token states given to a model without text encoder layers "
+                                 "(text_layers = 0): give the frozen item vectors")
+            return self.text_tower(inputs)
+        return inputs
+
+    def encode_items(self, inputs: ItemInputs) -> torch.Tensor:
+        """Unnormalised item vectors [N, D] from text vectors or token states."""
+        return self.item_tower(self.text_vectors(inputs))
 
     def sequence_states(self, item_emb: torch.Tensor, seqs: torch.Tensor, lengths: torch.Tensor,
                         at: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
@@ -198,7 +226,9 @@ class TextSeqRec(nn.Module):
         """Parameter name -> layer group, used by layer-wise merging."""
         groups = {}
         for name, _ in self.named_parameters():
-            if name.startswith("seq_tower.blocks."):
+            if name.startswith("text_tower.layers."):
+                groups[name] = "text_tower.layer" + name.split(".")[2]
+            elif name.startswith("seq_tower.blocks."):
                 groups[name] = "seq_tower.block" + name.split(".")[2]
             elif name.startswith(("seq_tower.out", "seq_tower.norm", "seq_tower.gate")):
                 groups[name] = "seq_tower.head"
@@ -211,14 +241,22 @@ class TextSeqRec(nn.Module):
         return groups
 
 
-def build_base_model(cfg: ModelConfig, seed: int = 0) -> TextSeqRec:
-    """The pretrained base θ₀: deterministic under ``seed`` (bit-identical across silos)."""
+def build_base_model(cfg: ModelConfig, seed: int = 0,
+                     text_state: dict[str, torch.Tensor] | None = None) -> TextSeqRec:
+    """The pretrained base θ₀: deterministic under ``seed`` (bit-identical across silos).
+
+    With ``text_layers`` > 0, ``text_state`` holds the pretrained weights of the encoder's
+    top layers (:meth:`common.text.HFEncoder.layer_state`)."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         model = TextSeqRec(cfg)
     finally:
         torch.random.set_rng_state(gen_state)
+    if model.text_tower is not None:
+        if text_state is None:
+            raise ValueError("θ₀ with text encoder layers needs their pretrained weights")
+        model.text_tower.load_state_dict(text_state)
     return model
 
 

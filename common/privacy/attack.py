@@ -16,6 +16,7 @@ import torch
 
 from ..data import Domain
 from ..model import ModelConfig, model_from_state
+from ..model.recommender import ItemInputs
 from ..runtime import on_device
 from ..training.batching import make_batch, training_sequences
 from ..training.finetune import user_losses
@@ -40,7 +41,7 @@ def _subset(domain: Domain, users: list[int]) -> Domain:
 
 
 @torch.no_grad()
-def _user_losses(state: StateDict, cfg: ModelConfig, domain: Domain, features: torch.Tensor,
+def _user_losses(state: StateDict, cfg: ModelConfig, domain: Domain, features: ItemInputs,
                  batch_size: int = 64) -> torch.Tensor:
     model = model_from_state(cfg, state)
     rows = training_sequences(domain.train, cfg.max_len)
@@ -54,7 +55,7 @@ def _user_losses(state: StateDict, cfg: ModelConfig, domain: Domain, features: t
 
 
 def membership_scores(state: StateDict, base: StateDict, cfg: ModelConfig, domain: Domain,
-                      features: torch.Tensor) -> torch.Tensor:
+                      features: ItemInputs) -> torch.Tensor:
     """Per user of ``domain``: loss under θ₀ minus loss under ``state`` (higher = member)."""
     return _user_losses(base, cfg, domain, features) - _user_losses(state, cfg, domain, features)
 

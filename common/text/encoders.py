@@ -102,9 +102,54 @@ class HFEncoder:
                           return_tensors="pt")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return F.normalize(pooled, dim=-1)
+        return _mean_pool(hidden, batch["attention_mask"])
+
+    @cached_property
+    def config(self) -> dict:
+        """The encoder's ``config.json``."""
+        return json.loads((self.path / "config.json").read_text())
+
+    def architecture(self) -> dict[str, float]:
+        """Layer count and the layer shape the trainable top layers need."""
+        c = self.config
+        if c.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"{self.path}: trainable top layers need a 'gelu' encoder, "
+                             f"got hidden_act {c.get('hidden_act')!r}")
+        return {"layers": int(c["num_hidden_layers"]), "heads": int(c["num_attention_heads"]),
+                "ffn": int(c["intermediate_size"]), "eps": float(c.get("layer_norm_eps", 1e-12))}
+
+    def layer_state(self, first: int, count: int) -> dict[str, torch.Tensor]:
+        """Weights of encoder layers ``first .. first+count-1`` named as
+        :class:`~common.model.text_tower.TextTower` names them."""
+        from ..model.text_tower import hf_layer_names
+
+        state = self._loaded[1].state_dict()
+        prefix = "" if any(k.startswith("encoder.layer.") for k in state) else "bert."
+        return {f"layers.{i}.{ours}": state[prefix + theirs].detach().clone().float()
+                for i in range(count) for ours, theirs in hf_layer_names(first + i).items()}
+
+    @torch.inference_mode()
+    def token_states(self, texts: list[str], layer: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For every text: its token states after ``layer`` encoder layers (0: the embeddings),
+        packed, with their offsets (see :class:`~common.text.token_states.TokenStates`), and
+        the whole encoder's pooled vectors [N, dim] (fp32 throughout)."""
+        tokenizer, model = self._loaded
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        per_text: list[torch.Tensor] = [torch.zeros(0, self.dim)] * len(texts)
+        pooled = torch.zeros(len(texts), self.dim)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,  # type: ignore[operator]
+                              max_length=self.max_length, return_tensors="pt")
+            out = model(**batch, output_hidden_states=True)  # type: ignore[operator]
+            mask = batch["attention_mask"].bool()
+            for row, i in enumerate(idx):
+                per_text[i] = out.hidden_states[layer][row, mask[row]].float().clone()
+            pooled[idx] = _mean_pool(out.last_hidden_state, batch["attention_mask"])
+        lengths = torch.tensor([len(t) for t in per_text], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+        return torch.cat(per_text), offsets, pooled
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -118,6 +163,12 @@ class HFEncoder:
             idx = order[start:start + self.batch_size]
             out[idx] = self._embed([texts[i] for i in idx], use_bf16)
         return out
+
+
+def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalised mean of the real tokens' states (fp32)."""
+    mask = attention_mask.unsqueeze(-1).float()
+    return F.normalize((hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
 
 
 def make_encoder(spec: str, **kwargs: object) -> TextEncoder:

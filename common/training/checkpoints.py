@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from ..config import to_dict
 from ..data import Domain
 from ..model import ModelConfig, model_from_state, state_hash
+from ..model.recommender import ItemInputs
 from ..text.cache import atomic_save_safetensors
 from .dp_sgd import dp_fine_tune
 from .finetune import TrainConfig, fine_tune
@@ -39,7 +40,7 @@ def checkpoint_path(checkpoint_dir: str | Path, base: StateDict, model_cfg: Mode
 
 
 def fine_tune_cached(base: StateDict, model_cfg: ModelConfig, domains: list[Domain],
-                     features: list[torch.Tensor], train_cfg: TrainConfig,
+                     features: list[ItemInputs], train_cfg: TrainConfig,
                      checkpoint_dir: str | Path | None = None) -> tuple[StateDict, dict[str, object]]:
     """Fine-tune from θ₀ (one domain = a silo; several = joint training).
 

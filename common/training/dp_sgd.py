@@ -7,7 +7,8 @@ the sampled users, loss averaged over each user's positions) are clipped to ``cl
 summed, and Gaussian noise with standard deviation ``noise_multiplier · clip_norm`` is added
 before dividing by the expected batch size. AdamW then post-processes the noisy gradient. By
 default only the sequence tower and β are trained; the item tower stays at θ₀ (see
-:class:`common.privacy.DPConfig`). There is no early stopping: choosing an epoch by
+:class:`common.privacy.DPConfig`), and trainable text encoder layers always do (their
+per-user gradients would re-encode the catalogue once per user). There is no early stopping: choosing an epoch by
 validation on private data would spend privacy outside the accountant; the final weights are
 kept and ε is what the PLD accountant reports for the steps actually taken.
 """
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
-from ..model.recommender import TextSeqRec
+from ..model.recommender import ItemInputs, TextSeqRec
 from ..privacy.accountant import calibrate_noise, dp_epsilon
 from ..runtime import on_device
 from .batching import TrainBatch, make_batch, training_sequences
@@ -71,7 +72,7 @@ def clipped_gradient_sum(model: TextSeqRec, feats: torch.Tensor, batch: TrainBat
     return {k.removeprefix("model."): v for k, v in total.items()}, clipped
 
 
-def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg: TrainConfig
+def dp_fine_tune(model: TextSeqRec, domain: Domain, features: ItemInputs, cfg: TrainConfig
                  ) -> TrainResult:
     """Train ``model`` in place with user-level DP-SGD; ``cfg.dp.epsilon`` is the target."""
     dp = cfg.dp
@@ -92,11 +93,15 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: torch.Tensor, cfg:
         with on_device(model) as device:
             if not dp.train_item_tower:
                 model.item_tower.requires_grad_(False)
+            feats = features.float().to(device)
+            if model.text_tower is not None:  # encoder layers stay at θ₀: encode items once
+                model.text_tower.requires_grad_(False)
+                with torch.no_grad():
+                    feats = model.text_vectors(feats)
             params = {k: p for k, p in model.named_parameters() if p.requires_grad}
             opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-            feats = features.float().to(device)
             start = time.perf_counter()
             model.train()
             clipped_share = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,21 +12,35 @@ from tqdm.auto import tqdm
 
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
-from ..model.recommender import TextSeqRec, position_history_index, prefix_histories
+from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
 from ..privacy.accountant import DPConfig
 from ..runtime import autocast_bf16, on_device
 from .batching import TrainBatch, bucketed_batches, training_sequences
+from .item_table import ItemTable
 from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy, unit_normalize
 
 
 @dataclass
 class TrainConfig:
     """Fine-tuning hyper-parameters; ``dp`` with an ``epsilon`` switches to user-level DP-SGD
-    (:func:`common.training.dp_sgd.dp_fine_tune`)."""
+    (:func:`common.training.dp_sgd.dp_fine_tune`).
+
+    ``loss``: ``full_softmax`` over the whole catalogue at every position, or ``in_batch``
+    (the paper's: a softmax over the batch's distinct target items only).
+    With trainable text encoder layers (``model.text_layers`` > 0) they learn at ``text_lr``;
+    ``text_rows`` says which item rows are re-encoded through them with gradient at each step:
+    ``last`` (each user's last target), ``targets`` (every target of the batch) or
+    ``catalogue`` (every item: exact, costly); the other rows come from a table of the whole
+    catalogue encoded without gradient every ``text_refresh_steps`` steps.
+    """
 
     epochs: int = 30
     batch_size: int = 256
     lr: float = 3e-3
+    loss: Literal["full_softmax", "in_batch"] = "full_softmax"
+    text_lr: float = 1e-4
+    text_rows: Literal["last", "targets", "catalogue"] = "last"
+    text_refresh_steps: int = 100
     weight_decay: float = 0.01
     warmup_steps: int = 50
     patience: int = 3
@@ -60,6 +75,22 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
         history, batch.targets[batch.mask], 1.0 / model.cfg.temperature, workspace)
 
 
+def in_batch_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+    """Cross-entropy at every real position over the batch's distinct target items only
+    (temperature-scaled cosine + β at the candidates in the position's history)."""
+    states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
+                                   batch.mask.nonzero(as_tuple=True))
+    candidates, labels = torch.unique(batch.targets[batch.mask], return_inverse=True)
+    slot = torch.full((len(item_emb),), -1, dtype=torch.long, device=item_emb.device)
+    slot[candidates] = torch.arange(len(candidates), device=item_emb.device)
+    rows, items = position_history_index(batch.seqs, batch.mask, len(item_emb))
+    hit = slot[items] >= 0
+    history = states.new_zeros(len(states), len(candidates))
+    history[rows[hit], slot[items[hit]]] = 1.0
+    logits = model.score(states, item_emb[candidates], history) / model.cfg.temperature
+    return F.cross_entropy(logits.float(), labels)
+
+
 def user_losses(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
     """Per user of the batch [B]: mean next-item cross-entropy over its real positions.
 
@@ -79,57 +110,109 @@ def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[torch.Tensor],
+@dataclass
+class Schedule:
+    """The optimiser, schedule and early stopping of a training loop."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    patience: int
+    seed: int
+    progress: bool
+
+
+def train_epochs(model: torch.nn.Module, per_domain: list[list[list[int]]], max_len: int,
+                 step_loss: Callable[[TrainBatch], torch.Tensor], validate: Callable[[], float],
+                 sched_cfg: Schedule, device: torch.device, desc: str,
+                 lr_of: dict[str, float] | None = None) -> TrainResult:
+    """AdamW with linear warm-up over length-bucketed batches; every epoch ends with
+    ``validate()`` (higher is better); training stops after ``patience`` epochs without
+    improvement and the best weights are restored. ``model`` is already on ``device``;
+    ``lr_of`` gives the parameters under a name prefix their own learning rate."""
+    cfg = sched_cfg
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(param_groups(model, cfg.lr, lr_of or {}), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
+    start = time.perf_counter()
+    best_val, best_epoch = validate(), 0
+    best_state = cpu_state(model)
+    history = [{"epoch": 0, "loss": float("nan"), "val_ndcg@10": best_val}]
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=not cfg.progress, leave=False)
+    for epoch in bar:
+        model.train()
+        total, count = 0.0, 0
+        for batch in bucketed_batches(per_domain, cfg.batch_size, max_len, gen):
+            batch = batch.to(device)
+            loss = step_loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = int(batch.mask.sum())
+            total, count = total + loss.item() * n, count + n
+        val = validate()
+        history.append({"epoch": epoch, "loss": total / max(1, count), "val_ndcg@10": val})
+        bar.set_postfix(loss=f"{total / max(1, count):.3f}", val=f"{val:.4f}")
+        if val > best_val:
+            best_val, best_epoch = val, epoch
+            best_state = cpu_state(model)
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    return TrainResult(best_state, best_epoch, best_val, history, time.perf_counter() - start)
+
+
+def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInputs],
               cfg: TrainConfig) -> TrainResult:
     """Train ``model`` in place on one domain (a silo) or several pooled (joint training).
 
     Every epoch ends with a validation pass (mean NDCG@10 over ``domains``); training stops
     after ``cfg.patience`` epochs without improvement and the best weights are restored.
     """
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     max_len = model.cfg.max_len
     per_domain = [training_sequences(d.train, max_len) for d in domains]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
+    if cfg.loss not in ("full_softmax", "in_batch"):
+        raise ValueError(f"train.loss must be 'full_softmax' or 'in_batch', got {cfg.loss!r}")
     with on_device(model) as device:
         val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
         feats = [f.float().to(device) for f in features]
+        workspace = LogitsWorkspace()
+        table = ItemTable(model, feats, cfg.text_rows, cfg.text_refresh_steps)
 
         def validate() -> float:
             scores = [evaluate_model(model, d, f, val_cfg).metrics["ndcg@10"]
                       for d, f in zip(domains, feats)]
             return sum(scores) / len(scores)
 
-        start = time.perf_counter()
-        best_val, best_epoch = validate(), 0
-        best_state = cpu_state(model)
-        history = [{"epoch": 0, "loss": float("nan"), "val_ndcg@10": best_val}]
-        workspace = LogitsWorkspace()
-        bar = tqdm(range(1, cfg.epochs + 1), desc=f"fine-tune {'+'.join(d.name for d in domains)}",
-                   disable=not cfg.progress, leave=False)
-        for epoch in bar:
-            model.train()
-            total, count = 0.0, 0
-            for batch in bucketed_batches(per_domain, cfg.batch_size, max_len, gen):
-                batch = batch.to(device)
-                with autocast_bf16(device, cfg.bf16):
-                    item_emb = model.encode_items(feats[batch.domain])
-                    loss = next_item_loss(model, item_emb, batch, workspace)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                n = int(batch.mask.sum())
-                total, count = total + loss.item() * n, count + n
-            val = validate()
-            history.append({"epoch": epoch, "loss": total / max(1, count), "val_ndcg@10": val})
-            bar.set_postfix(loss=f"{total / max(1, count):.3f}", val=f"{val:.4f}")
-            if val > best_val:
-                best_val, best_epoch = val, epoch
-                best_state = cpu_state(model)
-            elif epoch - best_epoch >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
-    return TrainResult(best_state, best_epoch, best_val, history, time.perf_counter() - start)
+        def step_loss(batch: TrainBatch) -> torch.Tensor:
+            with autocast_bf16(device, cfg.bf16):
+                item_emb = table.item_emb(batch)
+                if cfg.loss == "in_batch":
+                    return in_batch_loss(model, item_emb, batch)
+                return next_item_loss(model, item_emb, batch, workspace)
+
+        return train_epochs(model, per_domain, max_len, step_loss, validate, schedule_of(cfg),
+                            device, f"fine-tune {'+'.join(d.name for d in domains)}",
+                            {"text_tower.": cfg.text_lr})
+
+
+def param_groups(model: torch.nn.Module, lr: float, lr_of: dict[str, float]) -> list[dict]:
+    """Optimiser parameter groups: parameters named under a prefix of ``lr_of`` at its
+    learning rate, the rest at ``lr`` (empty groups left out)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        rate = next((r for prefix, r in lr_of.items() if name.startswith(prefix)), lr)
+        groups.setdefault(rate, []).append(p)
+    return [{"params": ps, "lr": rate} for rate, ps in groups.items()]
+
+
+def schedule_of(cfg: TrainConfig) -> Schedule:
+    """The loop settings of a fine-tuning config."""
+    return Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_steps,
+                    cfg.patience, cfg.seed, cfg.progress)

@@ -1,0 +1,95 @@
+"""A catalogue's token states at the input of the text encoder's top layers.
+
+The lower layers of the encoder are frozen, so each item's token states below the split are
+computed once per catalogue (and cached); the trainable top layers then cost a fraction of the
+full encoder per step. Items are packed without padding: ``states`` holds every item's tokens
+one after another, ``offsets[i]:offsets[i+1]`` are item ``i``'s rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TokenStates:
+    """Packed token states [tokens, H] of N items, and the catalogue's centre.
+
+    ``center`` [H] is the catalogue mean of the pretrained encoder's pooled, L2-normalised item
+    vectors (the same centring as the frozen-vector backbone's), or ``None`` for no centring.
+    Indexing with a tensor of item ids gives the sub-catalogue of those items (same centre).
+    """
+
+    states: torch.Tensor
+    offsets: torch.Tensor
+    center: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.states.ndim != 2 or self.offsets.ndim != 1 or len(self.offsets) < 1:
+            raise ValueError("token states must be [tokens, H] with offsets [N + 1]")
+        if int(self.offsets[-1]) != len(self.states) or bool((self.offsets.diff() <= 0).any()):
+            raise ValueError("token-state offsets must rise strictly and end at the token count")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def dim(self) -> int:
+        return self.states.shape[1]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets.diff()
+
+    def __getitem__(self, items: torch.Tensor) -> "TokenStates":
+        items = torch.as_tensor(items, dtype=torch.long, device=self.offsets.device).reshape(-1)
+        starts, lengths = self.offsets[items], self.lengths[items]
+        first = torch.cumsum(lengths, 0) - lengths
+        rows = torch.repeat_interleave(starts - first, lengths) + torch.arange(
+            int(lengths.sum()), device=lengths.device)
+        offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+        return TokenStates(self.states[rows], offsets, self.center)
+
+    def to(self, device: torch.device | str) -> "TokenStates":
+        return TokenStates(self.states.to(device), self.offsets.to(device),
+                           None if self.center is None else self.center.to(device))
+
+    def float(self) -> "TokenStates":
+        return TokenStates(self.states.float(), self.offsets,
+                           None if self.center is None else self.center.float())
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded states [N, T, H] and the mask [N, T] of real tokens."""
+        lengths = self.lengths
+        mask = torch.arange(int(lengths.max()), device=lengths.device)[None] < lengths[:, None]
+        out = self.states.new_zeros(len(self), mask.shape[1], self.dim)
+        out[mask] = self.states
+        return out, mask
+
+    def chunks(self, max_tokens: int) -> list[torch.Tensor]:
+        """Item ids in length order, cut into groups whose padded size stays near
+        ``max_tokens`` (similar lengths together: little padding)."""
+        lengths = self.lengths
+        order = torch.argsort(lengths, stable=True)
+        groups, start = [], 0
+        sorted_len = lengths[order].tolist()
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * sorted_len[end] <= max_tokens:
+                end += 1
+            groups.append(order[start:end])
+            start = end
+        return groups
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields as named tensors (for safetensors files)."""
+        out = {"states": self.states.contiguous(), "offsets": self.offsets.contiguous()}
+        if self.center is not None:
+            out["center"] = self.center.contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "TokenStates":
+        return cls(tensors["states"], tensors["offsets"], tensors.get("center"))
