@@ -35,3 +35,24 @@ def amazon_dir() -> Path:
     if not (SHARED / "Pantry.tar.gz").is_file():
         pytest.skip(f"real data not found at {SHARED} (the shared/ folder beside the checkout)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (width 32) with MiniLM's tokenizer, built locally
+    (no download): the full-encoder code path at test size."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from common.text import minilm_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm_path() / name, folder / name)
+    return folder
