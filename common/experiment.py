@@ -13,6 +13,7 @@ from .distill import DistillConfig, LossConfig, PseudoUserConfig
 from .evaluation import EvalConfig
 from .merging import MergeConfig
 from .model import ModelConfig
+from .model.sasrec import SASRecConfig
 from .privacy import DPConfig, hold_out_users
 from .training import TrainConfig
 
@@ -114,6 +115,8 @@ class PipelineConfig:
 
     ``silo_dir``: where in-process silos keep their work (checkpoints, per-run records); default
     ``<output_dir>/silos``. Runs sharing it reuse each other's fine-tuned checkpoints.
+    ``id_baseline``: also train an ID-based SASRec in each training silo, alone on its data
+    (in-process only: the "train alone" reference, which cannot be merged).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,6 +129,7 @@ class PipelineConfig:
     learned: list[LearnedMergeSpec] = field(default_factory=default_learned)
     federation: FederationConfig = field(default_factory=FederationConfig)
     joint: bool = True
+    id_baseline: SASRecConfig | None = None
     seed: int = 0
     output_dir: str | None = None
     silo_dir: str | None = None

@@ -17,10 +17,11 @@ import torch
 from .data import Domain
 from .experiment import (DataConfig, DomainSource, FederationConfig, LearnedMergeSpec,
                          PipelineConfig, load_domains)
-from .federated import LocalFederation, RunSettings, Silo, SiloConfig, run_coordinator
+from .federated import BASE_LABEL, LocalFederation, RunSettings, Silo, SiloConfig, run_coordinator
 from .model import ModelConfig
 from .report import markdown_table, peak_rss_mb, write_report
 from .training import fine_tune_cached
+from .training.id_baseline import evaluate_sasrec, sasrec_cached
 
 __all__ = ["DataConfig", "DomainSource", "FederationConfig", "LearnedMergeSpec", "PipelineConfig",
            "local_silos", "markdown_table", "run_pipeline"]
@@ -37,6 +38,27 @@ def local_silos(cfg: PipelineConfig, domains: list[Domain]) -> list[Silo]:
                             str(Path(cfg.data.cache_dir) / "features"), fed.silo_train.get(d.name, {})),
                  lambda d=d: d)
             for d in domains]
+
+
+ID_BASELINE = "SASRec (item ids, each silo alone)"
+
+
+def add_id_baseline(report: dict, cfg: PipelineConfig, silos: list[Silo]) -> None:
+    """Train and evaluate the ID-based SASRec in each silo (its own data, kept in its work
+    folder); its row follows θ₀'s in the results, its training stats join the report's."""
+    assert cfg.id_baseline is not None
+    sasrec = replace(cfg.id_baseline, seed=cfg.seed)
+    row: dict[str, dict[str, float]] = {}
+    for silo in silos:
+        model, stats = sasrec_cached(silo.domain, sasrec, silo.work / "checkpoints")
+        row[silo.cfg.name] = evaluate_sasrec(model, silo.domain, cfg.eval).metrics
+        report["training"][f"SASRec on {silo.cfg.name}"] = stats
+    names = list(row)
+    row["average"] = {k: sum(row[n][k] for n in names) / len(names) for k in row[names[0]]}
+    results = report["results"]
+    at = list(results).index(BASE_LABEL) + 1 if BASE_LABEL in results else 0
+    items = list(results.items())
+    report["results"] = dict(items[:at] + [(ID_BASELINE, row)] + items[at:])
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
@@ -62,6 +84,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
 
     report = run_coordinator(cfg, LocalFederation(silos), joint)
     report["training"] = {**report["training"], **({"joint": joint_stats} if joint_stats else {})}  # type: ignore[dict-item]
+    if cfg.id_baseline is not None:
+        t0 = time.perf_counter()
+        add_id_baseline(report, cfg, [s for s in silos if not s.cfg.eval_only])
+        report["stages"][ID_BASELINE] = {"seconds": round(time.perf_counter() - t0, 2),  # type: ignore[index]
+                                         "peak_rss_mb": round(peak_rss_mb(), 1)}
     report["domains"] = {d.name: d.stats() for d in domains}
     report["stages"] = {"load data": {"seconds": round(loaded, 2),
                                       "peak_rss_mb": round(peak_rss_mb(), 1)}, **report["stages"]}  # type: ignore[dict-item]

@@ -22,6 +22,8 @@ SMALL = {
                                                     "granularity": "layer", "progress": False},
          "pseudo_users": {"kind": "walk", "walk_length": 2}, "teacher_topk": 20},
     ],
+    "id_baseline": {"hidden": 32, "max_len": 12, "dropout": 0.2, "epochs": 10, "batch_size": 64,
+                    "lr": 3e-3, "patience": 3, "progress": False},
 }
 
 
@@ -59,6 +61,7 @@ def test_report_files_and_contents(report):
     assert saved["results"].keys() == rep["results"].keys()
     assert "| method |" in (out / "report.md").read_text()
     assert len(list((out / "silos" / "beauty" / "checkpoints").glob("beauty-*.safetensors"))) == 1
+    assert len(list((out / "silos" / "beauty" / "checkpoints").glob("sasrec-beauty-*"))) == 1
     assert (out / "merged" / "mergerec_task-wise.safetensors").is_file()
     assert saved["protocol"]["ranking"] == "full catalogue" and saved["protocol"]["mask_history"] is False
     for method in ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch",
@@ -69,7 +72,28 @@ def test_report_files_and_contents(report):
 
 def test_same_seed_same_numbers(report, tmp_path):
     cfg = from_dict(PipelineConfig, {**SMALL, "learned": [], "merges": [{"method": "average"}],
-                                     "joint": False,
+                                     "joint": False, "id_baseline": None,
                                      "data": {**SMALL["data"], "cache_dir": str(tmp_path)}})
     again = run_pipeline(cfg)["results"]
     assert again["average"] == report[0]["results"]["average"]
+
+
+def test_id_baseline_row_follows_theta0_and_its_checkpoint_is_reused(report):
+    rep, out = report
+    labels = list(rep["results"])
+    assert labels[labels.index("zero-shot base θ₀") + 1] == "SASRec (item ids, each silo alone)"
+    row = rep["results"]["SASRec (item ids, each silo alone)"]
+    for dom in ("beauty", "sports", "pantry"):
+        assert row[dom]["recall@10"] > rep["results"]["popularity"][dom]["recall@10"]
+        assert rep["training"][f"SASRec on {dom}"]["reused_checkpoint"] == 0.0
+    assert len(list((out / "silos" / "beauty" / "checkpoints").glob("sasrec-beauty-*"))) == 1
+    assert "SASRec (item ids, each silo alone)" in rep["stages"]
+
+    from common.pipeline import add_id_baseline, local_silos
+    from common.experiment import load_domains
+    cfg = from_dict(PipelineConfig, {**SMALL, "output_dir": str(out),
+                                     "data": {**SMALL["data"], "cache_dir": str(out / "cache")}})
+    again = {"results": {"zero-shot base θ₀": {}}, "training": {}}
+    add_id_baseline(again, cfg, local_silos(cfg, load_domains(cfg.data)))
+    assert again["results"]["SASRec (item ids, each silo alone)"] == row
+    assert again["training"]["SASRec on beauty"]["reused_checkpoint"] == 1.0

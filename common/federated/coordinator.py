@@ -34,6 +34,8 @@ from .protocol import (EVALUATE, QUERY, TRAIN, EvalRequest, Failure, Payload, Ru
                        encode_eval_request, encode_query, encode_train_request)
 
 StateDict = dict[str, torch.Tensor]
+BASE_LABEL = "zero-shot base θ₀"
+IN_DOMAIN_LABEL = "in-domain fine-tuned"
 Ask = Callable[[dict[str, list[list[int]]], "int | None"], dict[str, TeacherSignal]]
 
 
@@ -185,7 +187,7 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation,
     require("fine-tuning", names)
     states = [finetuned[n] for n in names]
 
-    models: dict[str, StateDict] = {"zero-shot base θ₀": base}
+    models: dict[str, StateDict] = {BASE_LABEL: base}
     models.update({f"fine-tuned on {n}": finetuned[n] for n in names})
     if extra_models is not None:
         models.update(stages.run("non-federated baselines (joint training)", extra_models, base,
@@ -292,7 +294,7 @@ def assemble_results(per_silo: dict[str, dict[str, dict[str, float]]], seen: lis
     for label in labels:
         results[label] = {n: per_silo[n][label] for n in per_silo if label in per_silo[n]}
         if label == f"fine-tuned on {seen[-1]}":  # the in-domain row follows the last one
-            results["in-domain fine-tuned"] = {n: per_silo[n][f"fine-tuned on {n}"]
+            results[IN_DOMAIN_LABEL] = {n: per_silo[n][f"fine-tuned on {n}"]
                                                for n in seen if n in per_silo}
     for row in results.values():
         for avg_name, group in (("average", seen), ("average unseen", unseen)):

@@ -17,7 +17,7 @@ from ..model import ModelConfig, model_from_state, state_hash
 from ..model.recommender import ItemInputs
 from ..text.cache import atomic_save_safetensors
 from .dp_sgd import dp_fine_tune
-from .finetune import TrainConfig, fine_tune
+from .finetune import TrainConfig, TrainResult, fine_tune
 
 StateDict = dict[str, torch.Tensor]
 
@@ -52,9 +52,7 @@ def fine_tune_cached(base: StateDict, model_cfg: ModelConfig, domains: list[Doma
     if checkpoint_dir is not None:
         path = checkpoint_path(checkpoint_dir, base, model_cfg, train_cfg, domains)
         if path.is_file():
-            with safe_open(str(path), "pt") as f:
-                kept = {k: float(v) for k, v in (f.metadata() or {}).items()}
-            return load_file(str(path)), {**kept, "reused_checkpoint": 1.0}
+            return read_checkpoint(path)
     model = model_from_state(model_cfg, base)
     if train_cfg.dp is not None and train_cfg.dp.epsilon is not None:
         if len(domains) != 1:
@@ -62,8 +60,21 @@ def fine_tune_cached(base: StateDict, model_cfg: ModelConfig, domains: list[Doma
         result = dp_fine_tune(model, domains[0], features[0], train_cfg)
     else:
         result = fine_tune(model, domains, features, train_cfg)
+    return keep_checkpoint(path, result)
+
+
+def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, float]]:
+    """Kept weights and the training stats stored with them."""
+    with safe_open(str(path), "pt") as f:
+        kept = {k: float(v) for k, v in (f.metadata() or {}).items()}
+    return load_file(str(path)), {**kept, "reused_checkpoint": 1.0}
+
+
+def keep_checkpoint(path: Path | None, result: TrainResult) -> tuple[StateDict, dict[str, float]]:
+    """Keep a training result's best weights at ``path`` (if any) with its stats in the
+    metadata, so a reuse reports them too; returns the weights and the stats."""
     stats = {"best_epoch": float(result.best_epoch), "best_val_ndcg@10": result.best_val_ndcg10,
              "epochs_run": float(len(result.history) - 1), **result.privacy}
-    if path is not None:  # the stats travel with the weights, so a reuse reports them too
+    if path is not None:
         atomic_save_safetensors(result.state_dict, path, metadata={k: repr(v) for k, v in stats.items()})
     return result.state_dict, {**stats, "seconds": result.seconds, "reused_checkpoint": 0.0}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
+from ..config import to_dict
 
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, EvalResult, evaluate_scores
@@ -10,8 +15,29 @@ from ..model.recommender import pad_sequences
 from ..model.sasrec import SASRec, SASRecConfig
 from ..runtime import on_device
 from .batching import TrainBatch, training_sequences
+from .checkpoints import keep_checkpoint, read_checkpoint
 from .finetune import Schedule, TrainResult, train_epochs
 from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy
+
+
+def sasrec_cached(domain: Domain, cfg: SASRecConfig, checkpoint_dir: str | Path | None
+                  ) -> tuple[SASRec, dict[str, float]]:
+    """:func:`train_sasrec`, keeping the best weights under ``checkpoint_dir`` (keyed by the
+    config and the domain's data) and reusing them on a rerun; returns the model and its
+    training stats."""
+    path = None
+    if checkpoint_dir is not None:
+        key = json.dumps([to_dict(cfg) | {"progress": None}, domain.catalogue_hash(),
+                          domain.num_users, sum(len(s) for s in domain.train)], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = Path(checkpoint_dir) / f"sasrec-{domain.name}-{digest}.safetensors"
+    if path is not None and path.is_file():
+        state, stats = read_checkpoint(path)
+        model = SASRec(cfg, domain.num_items)
+        model.load_state_dict(state)
+        return model.eval(), stats
+    model, result = train_sasrec(domain, cfg)
+    return model, keep_checkpoint(path, result)[1]
 
 
 def train_sasrec(domain: Domain, cfg: SASRecConfig) -> tuple[SASRec, TrainResult]:
