@@ -7,8 +7,12 @@ A domain folder (or a ``.tar.gz`` holding one) contains ``train.json``, ``val.js
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +21,80 @@ from .validation import validate_domain
 
 REQUIRED_FILES = ("train.json", "val.json", "test.json", "meta_data.json", "smap.json")
 DEFAULT_TEXT_FIELDS = ("title", "brand", "category")
+MAX_EXTRACTED_BYTES = 4 << 30  # a domain archive unpacks to at most this many bytes
+MAX_EXPANSION = 100.0  # ... and to at most this many times its own size (real ones: about 4)
 
 
 def _read_json(path: Path) -> Any:
+    """A UTF-8 JSON document; duplicate object keys, other encodings and absurd nesting are
+    :class:`DataError` naming the file."""
     if not path.is_file():
         raise DataError(f"{path}: required file is missing")
     try:
-        with path.open("r", encoding="utf-8") as fh:
-            return json.load(fh)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                        "save it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
 
 
-def extract_archive(archive: Path, cache_dir: Path) -> Path:
-    """Unpack ``archive`` (a ``.tar.gz`` with one domain folder) once into ``cache_dir``."""
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise DataError(f"{path}: key {dup!r} appears more than once in one object")
+    return out
+
+
+def archive_digest(archive: Path) -> str:
+    """SHA-256 of an archive's bytes (its extraction cache key: a replaced archive of the same
+    size is unpacked again)."""
+    h = hashlib.sha256()
+    with archive.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def extract_archive(archive: Path, cache_dir: Path, max_bytes: int = MAX_EXTRACTED_BYTES,
+                    max_ratio: float = MAX_EXPANSION) -> Path:
+    """Unpack ``archive`` (a ``.tar.gz`` with one domain folder) once into ``cache_dir``,
+    keyed by its content. Refused before anything is written: members that would expand
+    beyond ``max_bytes`` in total or ``max_ratio`` times the archive's size, links, devices."""
     if not archive.is_file():
         raise DataError(f"{archive}: archive not found")
     name = archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
-    target = cache_dir / f"{name}-{archive.stat().st_size}"
+    target = cache_dir / f"{name}-{archive_digest(archive)}"
     done = target / ".complete"
     if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(target, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise DataError(f"{archive}: cannot unpack ({exc})") from None
+                members = tar.getmembers()
+                total = sum(m.size for m in members if m.isfile())
+                limit = min(max_bytes, max_ratio * max(1, archive.stat().st_size))
+                if total > limit:
+                    raise DataError(f"{archive}: members would expand to {total} bytes, more than "
+                                    f"the limit of {int(limit)} (at most {max_ratio:g} x the "
+                                    f"archive and {max_bytes} bytes)")
+                odd = [m.name for m in members if not (m.isfile() or m.isdir())]
+                if odd:
+                    raise DataError(f"{archive}: holds links or special files ({odd[0]})")
+                partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                tar.extractall(partial, members=members, filter="data")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{archive}: cannot unpack ({type(exc).__name__}: {exc}); "
+                            "the archive may be truncated or not a .tar.gz") from None
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
         done.touch()
     candidates = [p.parent for p in target.rglob("train.json")]
     if len(candidates) != 1:
@@ -53,9 +105,11 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
 def _item_text(meta: dict[str, Any], fields: tuple[str, ...]) -> str:
     parts = []
     for f in fields:
-        v = meta.get(f, "")
+        v = meta.get(f)
+        if v is None:  # a missing or null field is empty
+            continue
         if isinstance(v, list):
-            v = " ".join(str(x) for x in v)
+            v = " ".join(str(x) for x in v if x is not None)
         v = str(v).strip()
         if v:
             parts.append(v)

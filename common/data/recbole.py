@@ -1,6 +1,7 @@
 """Loader for RecBole atomic files (``<name>.inter`` and ``<name>.item``).
 
-Headers carry RecBole types, e.g. ``user_id:token  item_id:token  timestamp:float`` and
+Items listed more than once in the ``.item`` file keep their first row. Headers carry RecBole
+types, e.g. ``user_id:token  item_id:token  timestamp:float`` and
 ``item_id:token  title:token_seq  brand:token  categories:token_seq``. Each user's
 interactions are sorted by timestamp and split leave-one-out (last = test, second to last
 = val, the rest = train); users with fewer than ``min_len`` interactions are dropped.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .domain import DataError, Domain
@@ -21,6 +23,8 @@ def _read_atomic(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: required file is missing")
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (no header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot parse as a tab-separated atomic file ({exc})") from None
     df.columns = [c.split(":", 1)[0] for c in df.columns]
@@ -58,6 +62,10 @@ def load_recbole(
         inter["ts"] = inter["timestamp"].astype(float)
     except ValueError:
         raise DataError(f"{inter_path}: column 'timestamp' has non-numeric values") from None
+    bad = inter.index[~np.isfinite(inter["ts"].to_numpy())]
+    if len(bad):
+        raise DataError(f"{inter_path}: timestamp {inter['timestamp'][bad[0]]!r} (data row "
+                        f"{bad[0] + 1}) is not a finite number")
     unknown = sorted(set(inter["item_id"]) - set(text_of))
     if unknown:
         raise DataError(

@@ -19,9 +19,14 @@ def validate_domain(domain: Domain, files: dict[str, str] | None = None) -> Doma
         raise DataError(f"{where('train')}: domain '{domain.name}' has no users")
     n = domain.num_items
     for i, text in enumerate(domain.item_texts):
+        key = domain.item_keys[i] if i < len(domain.item_keys) else str(i)
         if not text.strip():
-            key = domain.item_keys[i] if i < len(domain.item_keys) else str(i)
             raise DataError(f"{where('meta')}: item {key} (index {i}) has no text metadata")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{where('meta')}: the text of item {key} (index {i}) is not valid "
+                            "Unicode (a lone surrogate escape?)") from None
     if not (len(domain.train) == len(domain.val) == len(domain.test) == domain.num_users):
         raise DataError(f"{domain.source}: split sizes differ from the number of users")
     for role, rows in (("train", domain.train),):
