@@ -17,7 +17,7 @@ from .data.domain import texts_hash
 from .model import ModelConfig, TextSeqRec, build_base_model
 from .model.recommender import ItemInputs
 from .text import HFEncoder, TextEncoder, catalogue_features, center_features, make_encoder
-from .text.cache import atomic_save_safetensors
+from .io import atomic_save_safetensors
 from .text.token_states import TokenStates
 
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .io import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -49,14 +51,6 @@ def markdown_table(report: dict[str, object], metrics: tuple[str, ...] = ("recal
                  for c in cols for m in metrics]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def write_report(report: dict[str, object], out_dir: Path, markdown: str | None = None) -> None:

@@ -26,7 +26,8 @@ from pathlib import Path
 from common.config import load_yaml, to_dict
 from common.federated import BASE_LABEL, IN_DOMAIN_LABEL, OWN_TRAIN_METRIC
 from common.pipeline import ID_BASELINE, PipelineConfig, run_pipeline
-from common.report import atomic_write_text, markdown_table, write_report
+from common.io import atomic_write_text
+from common.report import markdown_table, write_report
 from experiments.publish import publish
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common.config import load_yaml, to_dict
 from common.pipeline import PipelineConfig, run_pipeline
-from common.report import atomic_write_text
+from common.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

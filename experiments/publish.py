@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common.report import atomic_write_text
+from common.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "experiments" / "reports"

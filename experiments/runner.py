@@ -51,7 +51,7 @@ from common.backbone import item_inputs, resolve_base
 from common.model import state_hash
 from common.pipeline import run_pipeline
 from common.privacy import attack_metrics, membership_scores
-from common.report import atomic_write_text
+from common.io import atomic_write_text
 from experiments.benchmark import TRAINING_FREE
 
 ROOT = Path(__file__).resolve().parents[1]

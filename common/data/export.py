@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..io import atomic_write_text
 from .domain import Domain
 
 
@@ -12,7 +13,6 @@ def write_mergerec_json(domain: Domain, folder: str | Path) -> Path:
     """``train/val/test.json``, ``meta_data.json`` (item text as title), ``smap.json``,
     ``umap.json``; :func:`load_mergerec_json` reads it back to an equal domain."""
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
     keys = domain.item_keys or [f"item{i}" for i in range(domain.num_items)]
     files = {
         "smap.json": {k: i for i, k in enumerate(keys)},
@@ -23,7 +23,5 @@ def write_mergerec_json(domain: Domain, folder: str | Path) -> Path:
         "test.json": {str(u): [t] for u, t in enumerate(domain.test) if t is not None},
     }
     for name, content in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(json.dumps(content))
-        tmp.replace(out / name)
+        atomic_write_text(out / name, json.dumps(content))
     return out

@@ -9,7 +9,6 @@ for coordinator-made pseudo-users, aggregate metrics after evaluation. Nothing e
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 
 from ..config import from_dict, with_overrides
 from ..data import Domain
+from ..io import atomic_write_text
 from ..distill import teacher_scores
 from ..evaluation import evaluate_model, evaluate_popularity
 from ..model import TextSeqRec, model_from_state, state_hash
@@ -180,8 +180,4 @@ class Silo:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def _write_run(self, run_id: str, record: dict) -> None:
-        path = self._run_file(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
+        atomic_write_text(self._run_file(run_id), json.dumps(record))

@@ -1,7 +1,7 @@
 """Frozen item-text encoders and their feature cache."""
 
-from .cache import atomic_save_safetensors, catalogue_features, center_features, item_features
+from .cache import catalogue_features, center_features, item_features
 from .encoders import HashingEncoder, HFEncoder, TextEncoder, make_encoder, minilm_path
 
-__all__ = ["HFEncoder", "HashingEncoder", "TextEncoder", "atomic_save_safetensors", "catalogue_features", "center_features", "item_features",
+__all__ = ["HFEncoder", "HashingEncoder", "TextEncoder", "catalogue_features", "center_features", "item_features",
            "make_encoder", "minilm_path"]

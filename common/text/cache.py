@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..data.domain import Domain, texts_hash
+from ..io import atomic_save_safetensors
 from .encoders import TextEncoder
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
-                            metadata: dict[str, str] | None = None) -> None:
-    """Write safetensors to a temporary file, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def item_features(domain: Domain, encoder: TextEncoder, cache_dir: str | Path | None) -> torch.Tensor:

@@ -15,7 +15,7 @@ from ..config import to_dict
 from ..data import Domain
 from ..model import ModelConfig, model_from_state, state_hash
 from ..model.recommender import ItemInputs
-from ..text.cache import atomic_save_safetensors
+from ..io import atomic_save_safetensors
 from .dp_sgd import dp_fine_tune
 from .finetune import TrainConfig, TrainResult, fine_tune
 

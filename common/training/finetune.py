@@ -27,11 +27,11 @@ class TrainConfig:
 
     ``loss``: ``full_softmax`` over the whole catalogue at every position, or ``in_batch``
     (the paper's: a softmax over the batch's distinct target items only).
-    With trainable text encoder layers (``model.text_layers`` > 0) they learn at ``text_lr``;
-    ``text_rows`` says which item rows are re-encoded through them with gradient at each step:
-    ``last`` (each user's last target), ``targets`` (every target of the batch) or
-    ``catalogue`` (every item: exact, costly); the other rows come from a table of the whole
-    catalogue encoded without gradient every ``text_refresh_steps`` steps.
+    With trainable text encoder layers (``model.text_layers`` > 0) they learn at ``text_lr``
+    from the rows ``text_rows`` names (:class:`~common.training.item_table.ItemTable`):
+    ``last`` (each user's last position), ``targets`` (every position) or ``catalogue`` (the
+    loss itself re-encodes every item at every step: exact, costly); the item table is
+    re-encoded without gradient every ``text_refresh_steps`` steps.
     """
 
     epochs: int = 30
@@ -75,19 +75,25 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
         history, batch.targets[batch.mask], 1.0 / model.cfg.temperature, workspace)
 
 
-def in_batch_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
-    """Cross-entropy at every real position over the batch's distinct target items only
-    (temperature-scaled cosine + β at the candidates in the position's history)."""
+def in_batch_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
+                  positions: torch.Tensor | None = None,
+                  encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Cross-entropy over the batch's distinct target items only (temperature-scaled cosine
+    + β at the candidates in the position's history), at the ``positions`` mask (default:
+    every real position). ``encode(ids)`` gives the candidates' item vectors (default: rows
+    of ``item_emb``, which also feeds the user side)."""
+    positions = batch.mask if positions is None else positions
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
-                                   batch.mask.nonzero(as_tuple=True))
-    candidates, labels = torch.unique(batch.targets[batch.mask], return_inverse=True)
+                                   positions.nonzero(as_tuple=True))
+    candidates, labels = torch.unique(batch.targets[positions], return_inverse=True)
     slot = torch.full((len(item_emb),), -1, dtype=torch.long, device=item_emb.device)
     slot[candidates] = torch.arange(len(candidates), device=item_emb.device)
-    rows, items = position_history_index(batch.seqs, batch.mask, len(item_emb))
+    rows, items = position_history_index(batch.seqs, positions, len(item_emb))
     hit = slot[items] >= 0
     history = states.new_zeros(len(states), len(candidates))
     history[rows[hit], slot[items[hit]]] = 1.0
-    logits = model.score(states, item_emb[candidates], history) / model.cfg.temperature
+    cand = item_emb[candidates] if encode is None else encode(candidates)
+    logits = model.score(states, cand, history) / model.cfg.temperature
     return F.cross_entropy(logits.float(), labels)
 
 
@@ -183,7 +189,7 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
         val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
         feats = [f.float().to(device) for f in features]
         workspace = LogitsWorkspace()
-        table = ItemTable(model, feats, cfg.text_rows, cfg.text_refresh_steps)
+        table = ItemTable(model, feats, cfg.text_rows, cfg.text_refresh_steps, in_batch_loss)
 
         def validate() -> float:
             scores = [evaluate_model(model, d, f, val_cfg).metrics["ndcg@10"]
@@ -194,8 +200,10 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
             with autocast_bf16(device, cfg.bf16):
                 item_emb = table.item_emb(batch)
                 if cfg.loss == "in_batch":
-                    return in_batch_loss(model, item_emb, batch)
-                return next_item_loss(model, item_emb, batch, workspace)
+                    loss = in_batch_loss(model, item_emb, batch)
+                else:
+                    loss = next_item_loss(model, item_emb, batch, workspace)
+                return loss + table.encoder_loss(batch, item_emb)
 
         return train_epochs(model, per_domain, max_len, step_loss, validate, schedule_of(cfg),
                             device, f"fine-tune {'+'.join(d.name for d in domains)}",

@@ -1,26 +1,34 @@
 """The item table of a training step when the text encoder's top layers are trained.
 
 Re-encoding a whole catalogue through transformer layers at every step costs far more than the
-rest of a step on a CPU. So the text vectors of every item are kept in a table computed
-without gradient and refreshed every few steps; at each step only the rows the step needs most
-are re-encoded with gradient (each user's last target, or every target of the batch) and put
-in their place. The softmax still runs over the whole catalogue, and the encoder layers learn
-from the re-encoded rows, as positives and as negatives of every position.
+rest of a step on a CPU. So the main loss (full softmax, or in-batch) runs over a table of
+every item's text vectors encoded without gradient and refreshed every few steps: it trains
+the item adapter and the sequence tower, as with frozen vectors. The encoder layers learn from
+a second, in-batch term whose candidates are all re-encoded with gradient: the batch's target
+items at each user's last position (``last``) or at every position (``targets``).
+
+Mixing fresh rows into the stale table instead would let the model tell the fresh rows (the
+positives) from the stale ones and learn that difference rather than the items: measured on
+Beauty, validation NDCG@10 fell below the frozen backbone's.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from ..model.recommender import ItemInputs, TextSeqRec
 from .batching import TrainBatch
 
+InBatchLoss = Callable[..., torch.Tensor]
+
 
 class ItemTable:
-    """Item vectors [N, D] per domain for training steps (see the module docstring)."""
+    """Item vectors [N, D] per domain for training steps, and the encoder layers' loss."""
 
     def __init__(self, model: TextSeqRec, inputs: list[ItemInputs], rows: str,
-                 refresh_steps: int) -> None:
+                 refresh_steps: int, in_batch: InBatchLoss) -> None:
         if rows not in ("last", "targets", "catalogue"):
             raise ValueError(f"text_rows must be 'last', 'targets' or 'catalogue', got {rows!r}")
         if refresh_steps < 1:
@@ -29,24 +37,39 @@ class ItemTable:
         self.inputs = inputs
         self.rows = rows
         self.refresh_steps = refresh_steps
+        self.in_batch = in_batch
         self._tables: dict[int, torch.Tensor] = {}
         self._steps: dict[int, int] = {}
 
+    @property
+    def cached(self) -> bool:
+        """Whether steps use the refreshed table (trainable encoder layers, not ``catalogue``)."""
+        return self.model.text_tower is not None and self.rows != "catalogue"
+
     def item_emb(self, batch: TrainBatch) -> torch.Tensor:
-        """The item vectors for this batch's step (gradient through the re-encoded rows)."""
+        """The item vectors of this batch's domain for the main loss."""
         model, inputs = self.model, self.inputs[batch.domain]
-        if model.text_tower is None or self.rows == "catalogue":
+        if not self.cached:
             return model.encode_items(inputs)
         d = batch.domain
         if self._steps.get(d, 0) % self.refresh_steps == 0:
             with torch.no_grad():
                 self._tables[d] = model.text_vectors(inputs)
         self._steps[d] = self._steps.get(d, 0) + 1
+        return model.item_tower(self._tables[d])
+
+    def encoder_loss(self, batch: TrainBatch, item_emb: torch.Tensor) -> torch.Tensor:
+        """In-batch loss over freshly encoded candidates (zero when nothing is cached)."""
+        if not self.cached:
+            return item_emb.new_zeros(())
+        positions = batch.mask
         if self.rows == "last":
-            ids = batch.targets[torch.arange(len(batch.seqs), device=batch.seqs.device),
-                                batch.lengths - 1]
-        else:
-            ids = batch.targets[batch.mask]
-        ids = torch.unique(ids)
-        text = self._tables[d].index_put((ids,), model.text_tower(inputs[ids]))  # type: ignore[index]
-        return model.item_tower(text)
+            positions = torch.zeros_like(batch.mask)
+            positions[torch.arange(len(batch.seqs), device=positions.device), batch.lengths - 1] = True
+        inputs = self.inputs[batch.domain]
+        model = self.model
+
+        def encode(ids: torch.Tensor) -> torch.Tensor:
+            return model.item_tower(model.text_tower(inputs[ids]))  # type: ignore[misc,index]
+
+        return self.in_batch(model, item_emb, batch, positions, encode)
