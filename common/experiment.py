@@ -91,10 +91,17 @@ class FederationConfig:
     ``catalogue``: what a silo sends about its items after training, the item ``text`` (the
     coordinator encodes it with the same frozen encoder) or only the frozen item ``vectors``.
     ``min_silos``: training silos that must deliver a valid update (default: all of them).
-    ``eval_only``, ``query_budget`` and ``silo_train`` (per silo name, its own fine-tuning
-    settings over ``train``, e.g. ``{Pantry: {batch_size: 256}}``) are silo-side settings; in
-    deployment each silo takes them from its own node config (``train-batch-size=256``), in
+    ``eval_only``, ``query_budget``, ``silo_train`` (per silo name, its own fine-tuning
+    settings over ``train``, e.g. ``{Pantry: {batch_size: 256}}``) and ``silo_policy`` (the
+    :class:`~common.federated.SiloPolicy` of every silo, e.g. ``{share_weights: true}``; its
+    evaluation protocol is the run's ``eval``) are silo-side settings; in deployment each silo
+    takes them from its own node config (``train-batch-size=256``, ``share-weights=true``), in
     simulation and in-process (no node config) from here.
+    Coordinator-side checks: ``max_catalogue_items`` per update; an update whose task-vector
+    norm exceeds ``update_norm_limit`` times the median of the other silos' (at least 1 % of
+    θ₀'s norm) is rejected;
+    ``teacher_check_rows`` rows of every teacher answer are re-computed from the silo's
+    weights and must agree within ``teacher_tolerance`` (0 rows: no check).
     """
 
     catalogue: Literal["text", "vectors"] = "text"
@@ -102,7 +109,12 @@ class FederationConfig:
     eval_only: list[str] = field(default_factory=list)
     query_budget: int | None = None
     silo_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    silo_policy: dict[str, Any] = field(default_factory=dict)
     max_query_rows: int = 20000
+    max_catalogue_items: int = 2_000_000
+    update_norm_limit: float = 10.0
+    teacher_check_rows: int = 16
+    teacher_tolerance: float = 1e-3
     wait_for_silos_s: float = 120.0
     train_timeout_s: float = 7200.0
     query_timeout_s: float = 900.0
@@ -136,6 +148,11 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         names = self.data.domain_names()
+        labels = [m.label for m in self.merges] + [s.name for s in self.learned]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"merges and learned variants need distinct names; {twice} "
+                             "appear more than once (give merges a 'name')")
         for name, own in self.federation.silo_train.items():
             if name not in names:
                 raise ValueError(f"federation.silo_train: no domain '{name}' (have {names})")

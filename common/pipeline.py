@@ -17,8 +17,11 @@ import torch
 from .data import Domain
 from .experiment import (DataConfig, DomainSource, FederationConfig, LearnedMergeSpec,
                          PipelineConfig, load_domains)
+from .config import to_dict
 from .federated import BASE_LABEL, LocalFederation, RunSettings, Silo, SiloConfig, run_coordinator
+from .federated.silo import policy_from
 from .model import ModelConfig
+from .io import RunOutputs
 from .report import markdown_table, peak_rss_mb, write_report
 from .training import fine_tune_cached
 from .training.id_baseline import evaluate_sasrec, sasrec_cached
@@ -29,15 +32,25 @@ __all__ = ["DataConfig", "DomainSource", "FederationConfig", "LearnedMergeSpec",
 StateDict = dict[str, torch.Tensor]
 
 
+def simulated_silo_config(cfg: PipelineConfig, name: str, work_dir: str | Path) -> SiloConfig:
+    """A silo's settings where it has no node config of its own (in-process, and Flower's
+    simulation: one operator runs every silo): the run's evaluation protocol, its silo-side
+    federation settings, and the run's encoder folder as an allowed one."""
+    fed = cfg.federation
+    policy = policy_from({**fed.silo_policy, "eval": to_dict(cfg.eval),
+                          "query_budget": fed.query_budget,
+                          "encoder_dirs": [cfg.encoder] if Path(cfg.encoder).is_dir() else []},
+                         "federation.silo_policy")
+    return SiloConfig(name, str(work_dir), name in fed.eval_only,
+                      str(Path(cfg.data.cache_dir) / "features"), fed.silo_train.get(name, {}),
+                      policy)
+
+
 def local_silos(cfg: PipelineConfig, domains: list[Domain]) -> list[Silo]:
     """One in-process silo per domain, working under ``<silo_dir>/<name>`` (default silo dir:
     ``<output or cache dir>/silos``)."""
     root = Path(cfg.silo_dir) if cfg.silo_dir else Path(cfg.output_dir or cfg.data.cache_dir) / "silos"
-    fed = cfg.federation
-    return [Silo(SiloConfig(d.name, str(root / d.name), fed.query_budget, d.name in fed.eval_only,
-                            str(Path(cfg.data.cache_dir) / "features"), fed.silo_train.get(d.name, {})),
-                 lambda d=d: d)
-            for d in domains]
+    return [Silo(simulated_silo_config(cfg, d.name, root / d.name), lambda d=d: d) for d in domains]
 
 
 ID_BASELINE = "SASRec (item ids, each silo alone)"
@@ -82,7 +95,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
         joint_stats.update(stats, wall_seconds=round(time.perf_counter() - t0, 2))
         return {"joint (pooled data, non-private)": state}
 
-    report = run_coordinator(cfg, LocalFederation(silos), joint)
+    outputs = RunOutputs(cfg.output_dir) if cfg.output_dir else None
+    report = run_coordinator(cfg, LocalFederation(silos), joint, outputs=outputs)
     report["training"] = {**report["training"], **({"joint": joint_stats} if joint_stats else {})}  # type: ignore[dict-item]
     if cfg.id_baseline is not None:
         t0 = time.perf_counter()
@@ -94,6 +108,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
                                       "peak_rss_mb": round(peak_rss_mb(), 1)}, **report["stages"]}  # type: ignore[dict-item]
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if cfg.output_dir:
-        write_report(report, Path(cfg.output_dir))
+    if outputs is not None:
+        write_report(report, outputs.stage)
+        outputs.commit()
     return report

@@ -23,9 +23,13 @@ class FlowerFederation:
         self.ledger = Ledger()  # the coordinator appends every later reply to it
         self.nodes: dict[str, int] = {}
         self._roles: dict[str, str] = {}
+        self.rejected: list[Failure] = []
 
-    def connect(self, expected: int, wait_s: float) -> None:
-        """Wait up to ``wait_s`` for ``expected`` nodes, then learn every node's silo name."""
+    def connect(self, expected: int, wait_s: float, names: list[str]) -> None:
+        """Wait up to ``wait_s`` for ``expected`` nodes, then learn every node's silo name.
+        Only the run's silo ``names`` are accepted; a name claimed by several nodes is given
+        to none of them (an impostor must not push a silo out, nor be chosen by who answers
+        first); both cases are recorded failures."""
         deadline = time.monotonic() + wait_s
         nodes = list(self.grid.get_node_ids())
         while len(nodes) < expected and time.monotonic() < deadline:
@@ -34,18 +38,24 @@ class FlowerFederation:
         if len(nodes) < expected:
             self.log(f"only {len(nodes)} of {expected} expected silos connected after {wait_s:.0f} s")
         replies = self._exchange(INFO, {str(n): (n, Payload()) for n in nodes}, wait_s)
+        claims: dict[str, list[tuple[int, str]]] = {}
         for key, reply in replies.items():
             if isinstance(reply, Failure):
                 self.log(f"node {key} did not identify itself: {reply.reason}")
                 continue
-            name = str(reply.config["silo"])
-            self.ledger.record(name, INFO, reply)
-            if name in self.nodes:
-                self.log(f"silo name '{name}' claimed by nodes {self.nodes[name]} and {key}; "
-                         f"keeping the first")
-                continue
-            self.nodes[name] = int(key)
-            self._roles[name] = str(reply.config.get("role", "train"))
+            name = str(reply.config.get("silo", ""))
+            self.ledger.record(name or f"node {key}", INFO, reply)
+            claims.setdefault(name, []).append((int(key), str(reply.config.get("role", "train"))))
+        for name, claimants in claims.items():
+            nodes_of = ", ".join(str(n) for n, _ in claimants)
+            if name not in names:
+                self.rejected.append(Failure(name or "?", "connect", f"node {nodes_of} claims a "
+                                             "silo name this run does not have; ignored"))
+            elif len(claimants) > 1:
+                self.rejected.append(Failure(name, "connect", f"name claimed by nodes {nodes_of}; "
+                                             "none of them is trusted"))
+            else:
+                self.nodes[name], self._roles[name] = claimants[0]
 
     def roles(self) -> dict[str, str]:
         return dict(self._roles)

@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run(rc, root)
     expected = int(rc.get("num-silos", 0) or 0) or len(cfg.data.domain_names())  # type: ignore[call-overload]
     fed = FlowerFederation(grid, log)
-    fed.connect(expected, cfg.federation.wait_for_silos_s)
+    fed.connect(expected, cfg.federation.wait_for_silos_s, cfg.data.domain_names())
     log(f"silos: {fed.roles()}")
     report = run_coordinator(cfg, fed, log=log, ledger=fed.ledger)
     print(markdown_table(report), flush=True)

@@ -4,11 +4,13 @@
 (answer coordinator-made pseudo-users) and ``evaluate`` (metrics of received models on the private
 split). Each handler is a thin wrapper over :class:`common.federated.Silo`.
 
-Who the silo is: in deployment from the SuperNode's node config (``silo``, ``data-dir``,
-optional ``format``, ``work-dir``, ``query-budget``, ``eval-only``, ``audit-dir`` and the
-silo's own fine-tuning settings as ``train-*`` keys, e.g. ``train-batch-size``); in
-simulation, where a node only knows its ``partition-id``, partition ``i`` is the ``i``-th domain
-of the run's experiment config and the silo settings come from the run config.
+Who the silo is and what it answers: in deployment only from the SuperNode's node config
+(``silo``, ``data-dir``, optional ``format``, ``work-dir``, ``eval-only``, ``audit-dir``,
+``encoder-dir``, its policy keys (:data:`POLICY_KEYS`, :data:`BUDGET_KEYS`, :data:`EVAL_KEYS`,
+``eval-ks``) and its own fine-tuning settings as ``train-*`` keys, e.g. ``train-batch-size``);
+nothing the run config says reaches a deployed silo's disk or policy. In simulation, where a
+node only knows its ``partition-id`` and one operator runs every silo, partition ``i`` is the
+``i``-th domain of the run's experiment config and the silo settings come from the run.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from safetensors.numpy import save_file
 
+from common.config import to_dict
 from common.experiment import DomainSource, config_from_run, load_domain, load_source
-from common.federated import EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, Silo, SiloConfig
+from common.federated import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, Silo, SiloConfig,
+                              SiloPolicy)
+from common.federated.silo import policy_from
+from common.pipeline import simulated_silo_config
 
 from .records import from_record, to_record
 
@@ -43,16 +49,41 @@ def own_train_settings(node_config: Mapping[str, object]) -> dict[str, object]:
             if key.startswith(TRAIN_PREFIX)}
 
 
+POLICY_KEYS = {  # node config key -> SiloPolicy field (flat keys, as Flower's node config holds)
+    "query-budget": "query_budget", "min-users": "min_users", "share-weights": "share_weights",
+    "max-rows-per-message": "max_rows_per_message", "metric-epsilon": "metric_epsilon",
+    "max-models-per-message": "max_models_per_message", "max-model-values": "max_model_values",
+}
+BUDGET_KEYS = {"budget-eval-calls": "eval_calls", "budget-models": "models_evaluated",
+               "budget-rows": "distill_rows"}
+EVAL_KEYS = {"eval-split": "split", "eval-max-users": "max_users", "eval-mask-history": "mask_history"}
+
+
+def node_policy(nc: Mapping[str, object]) -> SiloPolicy:
+    """The silo's :class:`SiloPolicy` from its node config (errors name the key)."""
+    values: dict[str, object] = {POLICY_KEYS[k]: v for k, v in nc.items() if k in POLICY_KEYS}
+    values["budget"] = {BUDGET_KEYS[k]: v for k, v in nc.items() if k in BUDGET_KEYS}
+    values["eval"] = {EVAL_KEYS[k]: v for k, v in nc.items() if k in EVAL_KEYS}
+    if "eval-ks" in nc:
+        values["eval"]["ks"] = [int(k) for k in str(nc["eval-ks"]).split(",") if k.strip()]  # type: ignore[index]
+    if nc.get("encoder-dir"):
+        values["encoder_dirs"] = [str(Path(str(nc["encoder-dir"])).resolve())]
+    if values.get("query_budget") == 0:
+        values["query_budget"] = None
+    return policy_from(values, "node config")
+
+
 def silo_for(ctx: Context) -> Silo:
-    """This node's silo, from its node config (deployment) or its partition id (simulation)."""
+    """This node's silo, from its node config (deployment) or its partition id (simulation:
+    one operator runs every silo, so they take their settings from the run's experiment)."""
     nc, rc = ctx.node_config, ctx.run_config
     if "silo" in nc:
         name = str(nc["silo"])
         work = Path(str(nc.get("work-dir") or f".mergerec-silo/{name}")).resolve()
         source = DomainSource(name, str(nc.get("format", "mergerec_json")),  # type: ignore[arg-type]
                               str(Path(str(nc["data-dir"])).resolve()))
-        cfg = SiloConfig(name, str(work), int(nc.get("query-budget", 0)) or None,  # type: ignore[arg-type]
-                         bool(nc.get("eval-only", False)), train=own_train_settings(nc))
+        cfg = SiloConfig(name, str(work), bool(nc.get("eval-only", False)),
+                         train=own_train_settings(nc), policy=node_policy(nc))
         load = lambda: load_source(source, work / "data-cache")  # noqa: E731
     else:
         exp = config_from_run(rc, root_dir(ctx))
@@ -62,12 +93,10 @@ def silo_for(ctx: Context) -> Silo:
             raise QueryRefused(f"partition {pid}: the run config has only {len(names)} domains "
                                f"({', '.join(names)}); start as many SuperNodes as domains")
         name = names[pid]
-        work = root_dir(ctx) / str(rc.get("work-dir", ".cache/silos")) / name
-        cfg = SiloConfig(name, str(work), exp.federation.query_budget,
-                         name in exp.federation.eval_only, str(Path(exp.data.cache_dir) / "features"),
-                         exp.federation.silo_train.get(name, {}))
+        cfg = simulated_silo_config(exp, name, root_dir(ctx) / str(rc.get("work-dir", ".cache/silos"))
+                                    / name)
         load = lambda: load_domain(exp.data, name)  # noqa: E731
-    key = (cfg.name, json.dumps(vars(cfg), sort_keys=True))
+    key = (cfg.name, json.dumps(to_dict(cfg), sort_keys=True))
     if key not in _SILOS:
         _SILOS[key] = Silo(cfg, load)
     return _SILOS[key]
@@ -82,11 +111,13 @@ def _inject_fault(ctx: Context, silo: str, kind: str) -> None:
 
 
 def _audit(ctx: Context, silo: str, kind: str, reply: Payload | None, error: str = "") -> None:
-    """With ``audit-dir`` set (node or run config), archive every outgoing reply verbatim."""
-    where = str(ctx.node_config.get("audit-dir", "") or ctx.run_config.get("audit-dir", "") or "")
+    """With ``audit-dir`` set, archive every outgoing reply verbatim. A deployed silo takes the
+    folder from its own node config only; in simulation (one operator) from the run config."""
+    deployed = "silo" in ctx.node_config
+    where = str((ctx.node_config if deployed else ctx.run_config).get("audit-dir", "") or "")
     if not where:
         return
-    folder = (root_dir(ctx) / where / silo).resolve()
+    folder = (Path(where) if deployed else root_dir(ctx) / where).resolve() / silo
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{ctx.run_id}-{len(list(folder.glob('*.json'))):04d}-{kind}"
     if reply is not None and reply.arrays:

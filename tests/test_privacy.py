@@ -87,7 +87,8 @@ def test_silo_answers_dp_queries_only_from_a_dp_model(tmp_path, domain_and_featu
     with pytest.raises(QueryRefused, match="not trained with DP"):
         silo.handle(QUERY, encode_query([[1]], None, require_dp=True), "plain")
     _train(silo, DPConfig(epsilon=8.0), "private")
-    answer = decode_answer(silo.handle(QUERY, encode_query([[1]], 5, require_dp=True), "private"))
+    answer = decode_answer(silo.handle(QUERY, encode_query([[1]], 5, require_dp=True), "private"),
+                           1, dom.num_items, 5)
     assert answer.indices.shape == (1, 5)
 
 

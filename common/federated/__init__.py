@@ -10,9 +10,9 @@ from .ledger import Ledger
 from .local import LocalFederation
 from .protocol import (EVALUATE, INFO, MESSAGE_KINDS, QUERY, TRAIN, Failure, Payload, QueryRefused,
                        RunSettings)
-from .silo import OWN_TRAIN_METRIC, Silo, SiloConfig
+from .silo import OWN_TRAIN_METRIC, Silo, SiloConfig, SiloPolicy
 
 __all__ = ["BASE_LABEL", "EVALUATE", "IN_DOMAIN_LABEL", "INFO", "MESSAGE_KINDS", "OWN_TRAIN_METRIC", "QUERY", "TRAIN", "Failure", "Federation",
            "FederationError", "Ledger", "LocalFederation", "Payload", "QueryRefused", "RunSettings",
-           "Silo", "SiloConfig", "build_pseudo_data", "check_update", "check_vectors",
+           "Silo", "SiloConfig", "SiloPolicy", "build_pseudo_data", "check_update", "check_vectors",
            "run_coordinator"]

@@ -45,3 +45,31 @@ def check_vectors(vectors: torch.Tensor | None, dim: int) -> list[str]:
     if not torch.isfinite(vectors).all():
         return ["item vectors contain non-finite values"]
     return []
+
+
+def task_vector_norm(state: StateDict, base: StateDict) -> float:
+    """L2 norm of θ_k − θ₀ over every tensor."""
+    return float(torch.sqrt(sum(((state[k].float() - base[k].float()) ** 2).sum()
+                                for k in base)))
+
+
+def norm_outliers(norms: dict[str, float], limit: float, floor: float) -> dict[str, str]:
+    """Silos whose task-vector norm exceeds ``limit`` times the median of the other silos'
+    (a robust rule: one silo cannot move the median it is compared with), with the reason.
+    Medians below ``floor`` count as ``floor`` (silos that barely moved make no scale)."""
+    out = {}
+    for name, norm in norms.items():
+        others = sorted(v for n, v in norms.items() if n != name)
+        if not others:
+            continue
+        mid = len(others) // 2
+        median = max(floor, others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2)
+        if norm > limit * median:
+            out[name] = (f"task-vector norm {norm:.3g} is {norm / median:.1f}x the median of "
+                         f"the other silos' ({median:.3g}; limit {limit:g}x)")
+    return out
+
+
+def non_finite(state: StateDict) -> list[str]:
+    """Names of the tensors holding NaN or infinite values."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]

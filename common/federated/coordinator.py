@@ -1,42 +1,51 @@
-"""The coordinator's side of MergeRec over any transport.
+"""The coordinator's side of MergeRec over any transport, as phases over a model pool.
 
-θ₀ → every training silo fine-tunes and sends weights + catalogue → updates are checked →
-training-free merges → pseudo-users from the catalogues, answered by the silos' own models →
-learned merging weights → every silo (seen and evaluation-only) evaluates every model.
+1. collect and check the silos' updates (θ₀ → each training silo fine-tunes → weights +
+   catalogue back; every reply decoded and checked under a per-silo guard);
+2. training-free merges;
+3. pseudo-users from the catalogues and the silos' teacher answers (verified);
+4. learned merging weights;
+5. evaluation in every silo (each is sent only what it may see);
+6. the report, with the result files staged until the run is complete.
+
 The Flower ServerApp and the in-process reference pipeline both run :func:`run_coordinator`;
-they differ only in the :class:`Federation` that carries the messages.
+they differ only in the :class:`Federation` that carries the messages. A silo that fails,
+refuses, times out or sends something unusable is a recorded failure (by name, with the
+reason); the run goes on while ``min_silos`` training silos are left.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import torch
 
-from ..config import to_dict
-from ..distill import (DomainPseudoData, LearnResult, TeacherSignal, extend_walks,
-                       learn_merge_weights, select_items)
-from ..experiment import LearnedMergeSpec, PipelineConfig
-from ..merging import build_merge
 from ..backbone import item_inputs, resolve_base
+from ..config import to_dict
+from ..distill import DomainPseudoData, LearnResult, learn_merge_weights
+from ..experiment import LearnedMergeSpec, PipelineConfig
+from ..io import RunOutputs, atomic_save_safetensors, atomic_write_text
+from ..merging import build_merge
 from ..model import ModelConfig, TextSeqRec, model_from_state, state_hash
 from ..model.recommender import ItemInputs
-from ..report import Stages, atomic_write_text, peak_rss_mb, write_report
-from ..text import make_encoder
-from ..text.cache import atomic_save_safetensors
-from .checks import check_update, check_vectors
+from ..report import Stages, peak_rss_mb, write_report
+from .checks import check_update, check_vectors, non_finite, norm_outliers, task_vector_norm
 from .ledger import Ledger
-from .protocol import (EVALUATE, QUERY, TRAIN, EvalRequest, Failure, Payload, RunSettings,
-                       TrainRequest, decode_answer, decode_eval_reply, decode_train_reply,
-                       encode_eval_request, encode_query, encode_train_request)
+from .pool import BASE_LABEL, IN_DOMAIN_LABEL, ModelEntry, ModelPool, finetuned_label
+from .protocol import (EVALUATE, TRAIN, EvalRequest, Failure, Payload, RunSettings, TrainRequest,
+                       decode_eval_reply, decode_train_reply, encode_eval_request,
+                       encode_train_request, layout_of)
+from .teachers import AnswerCheck, ask_silos, build_pseudo_data
 
 StateDict = dict[str, torch.Tensor]
-BASE_LABEL = "zero-shot base θ₀"
-IN_DOMAIN_LABEL = "in-domain fine-tuned"
-Ask = Callable[[dict[str, list[list[int]]], "int | None"], dict[str, TeacherSignal]]
+T = TypeVar("T")
+Extra = Callable[[StateDict, ModelConfig], dict[str, StateDict]]
+
+__all__ = ["BASE_LABEL", "IN_DOMAIN_LABEL", "Federation", "FederationError", "build_pseudo_data",
+           "run_coordinator", "safe_name"]
 
 
 class FederationError(RuntimeError):
@@ -45,6 +54,8 @@ class FederationError(RuntimeError):
 
 class Federation(Protocol):
     """A transport to the silos."""
+
+    rejected: list[Failure]  # nodes refused when connecting (unknown or duplicate names)
 
     def roles(self) -> dict[str, str]:
         """Silo name → ``"train"`` or ``"eval"`` (evaluation-only), for every connected silo."""
@@ -55,33 +66,6 @@ class Federation(Protocol):
         """Send one request per named silo at once; replies or failures by silo name
         (a silo missing from the result did not answer within ``timeout``)."""
         ...
-
-
-def build_pseudo_data(spec: LearnedMergeSpec, features: dict[str, ItemInputs], ask: Ask,
-                      vectors: Callable[[str], torch.Tensor]) -> list[DomainPseudoData]:
-    """Pseudo-users per domain from its catalogue only; walks and teacher answers are asked
-    of the silos (``ask``: domain → sequences in, domain → answers out, failed silos left out).
-    ``vectors(name)``: θ₀'s item text vectors of a catalogue (centroid sampling clusters them)."""
-    cfg = spec.pseudo_users
-    if cfg.kind not in ("one_item", "walk"):
-        raise ValueError(f"unknown pseudo-user kind '{cfg.kind}'")
-    seqs = {n: [[i] for i in select_items(vectors(n) if cfg.sample == "centroid" else f, cfg)]
-            for n, f in features.items()}
-    if cfg.kind == "walk":
-        for _ in range(cfg.walk_length - 1):
-            answers = ask(seqs, None)
-            seqs = {n: extend_walks(seqs[n], answers[n].scores) for n in answers}
-    if not spec.distill.loss.needs_teacher:
-        return [DomainPseudoData(n, features[n], s) for n, s in seqs.items()]
-    answers = ask(seqs, spec.teacher_topk)
-    return [DomainPseudoData(n, features[n], seqs[n], a) for n, a in answers.items()]
-
-
-def run_learned_merge(spec: LearnedMergeSpec, base: StateDict, finetuned: list[StateDict],
-                      model_cfg: ModelConfig, pseudo: list[DomainPseudoData]) -> LearnResult:
-    """Merge initialisation, then learned merging weights on the pseudo-users."""
-    init = build_merge(spec.init, base, finetuned)
-    return learn_merge_weights(TextSeqRec(model_cfg), base, init, pseudo, spec.distill)
 
 
 def safe_name(label: str) -> str:
@@ -102,6 +86,14 @@ class _Session:
         self.failures.append(failure)
         self.log(f"silo {failure.silo} failed during {failure.stage}: {failure.reason}")
 
+    def guard(self, silo: str, stage: str, fn: Callable[[], T]) -> T | None:
+        """``fn()``, or ``None`` with the silo's failure recorded whatever ``fn`` raised."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - one bad reply must never stop the run
+            self.fail(Failure(silo, stage, f"{type(exc).__name__}: {exc}"))
+            return None
+
     def exchange(self, stage: str, kind: str, requests: dict[str, Payload], timeout: float
                  ) -> dict[str, Payload]:
         replies = self.fed.send(kind, requests, timeout) if requests else {}
@@ -118,184 +110,264 @@ class _Session:
         return ok
 
 
-def run_coordinator(cfg: PipelineConfig, fed: Federation,
-                    extra_models: Callable[[StateDict, ModelConfig], dict[str, StateDict]] | None = None,
-                    log: Callable[[str], None] = print, ledger: Ledger | None = None
-                    ) -> dict[str, object]:
-    """Run MergeRec against ``fed``; returns the JSON-ready report (and writes it, with the
-    merged models, learned weights and ledger, to ``cfg.output_dir`` when set).
+@dataclass
+class _Run:
+    """What every phase shares: settings, θ₀, the session, timings, staged outputs."""
 
-    ``extra_models`` adds non-federated baselines (the reference pipeline's joint training);
-    ``ledger`` continues a ledger the transport started (e.g. with the silos' identification).
-    """
-    fcfg = cfg.federation
-    stages = Stages()
-    session = _Session(fed, log, ledger if ledger is not None else Ledger())
-    order = {n: i for i, n in enumerate(cfg.data.domain_names())}  # configured order, then name
-    roles = dict(sorted(fed.roles().items(), key=lambda nr: (order.get(nr[0], len(order)), nr[0])))
-    trainers = [n for n, r in roles.items() if r == "train"]
-    need = fcfg.min_silos if fcfg.min_silos is not None else len(trainers)
+    cfg: PipelineConfig
+    session: _Session
+    roles: dict[str, str]
+    model_cfg: ModelConfig
+    base: StateDict
+    run: RunSettings
+    outputs: RunOutputs | None
+    stages: Stages = field(default_factory=Stages)
+    features: dict[str, ItemInputs] = field(default_factory=dict)
+    training: dict[str, dict[str, float]] = field(default_factory=dict)
+    learned_weights: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
-    def require(stage: str, have: list[str]) -> None:
-        if len(have) < max(1, need):
-            reasons = "; ".join(f"{f.silo} ({f.stage}): {f.reason}" for f in session.failures)
+    @property
+    def base_hash(self) -> str:
+        return state_hash(self.base)
+
+    def trainers(self) -> list[str]:
+        return [n for n, r in self.roles.items() if r == "train"]
+
+    def require(self, stage: str, have: list[str]) -> None:
+        need = max(1, self.cfg.federation.min_silos or len(self.trainers()))
+        if len(have) < need:
+            reasons = "; ".join(f"{f.silo} ({f.stage}): {f.reason}" for f in self.session.failures)
             raise FederationError(f"{stage}: only {len(have)} training silo(s) left {have}, "
-                                  f"at least {max(1, need)} needed. Failures: {reasons or 'none'}")
+                                  f"at least {need} needed. Failures: {reasons or 'none'}")
 
-    require("start", trainers)
-    encoder = make_encoder(cfg.encoder)
-    model_cfg, base = resolve_base(cfg.encoder, cfg.model, cfg.seed)
-    if fcfg.catalogue == "vectors" and model_cfg.text_layers:
-        raise ValueError("catalogue 'vectors' shares frozen item vectors; with trainable text "
-                         "encoder layers (model.text_layers > 0) the silos must share item texts")
-    base_hash = state_hash(base)
-    run = RunSettings(cfg.encoder, cfg.center_features, model_cfg)
-    log(f"θ₀ {base_hash[:12]} → fine-tuning in {len(trainers)} silo(s): {', '.join(trainers)}")
+    def save(self, relative: str, state: StateDict, **meta: str) -> None:
+        if self.outputs is not None:
+            atomic_save_safetensors(state, self.outputs.path(relative),
+                                    metadata={"base_hash": self.base_hash, **meta})
 
-    train_req = encode_train_request(TrainRequest(base, run, replace(cfg.train, seed=cfg.seed),
-                                                  fcfg.catalogue))
-    replies = stages.run("fine-tune in silos", session.exchange, "train", TRAIN,
-                         {n: train_req for n in trainers}, fcfg.train_timeout_s)
-    finetuned: dict[str, StateDict] = {}
-    features: dict[str, ItemInputs] = {}
-    training: dict[str, dict[str, float]] = {}
-    for name in trainers:
-        if name not in replies:
-            continue
-        try:
-            rep = decode_train_reply(replies[name])
-        except (KeyError, ValueError) as exc:
-            session.fail(Failure(name, "train", f"malformed update: {exc}"))
-            continue
-        problems = check_update(rep.state, base, rep.base_hash)
-        if fcfg.catalogue == "vectors":
-            problems += check_vectors(rep.item_vectors, encoder.dim)
-        elif not rep.item_texts:
-            problems.append("no item texts")
-        if problems:
-            session.fail(Failure(name, "train", "rejected update: " + "; ".join(problems)))
-            continue
-        if rep.item_vectors is not None:
-            features[name] = rep.item_vectors
-        else:
-            features[name] = item_inputs(rep.item_texts or [], cfg.encoder, model_cfg,
-                                         cfg.center_features, Path(cfg.data.cache_dir) / "features",
-                                         name)
-        finetuned[name] = rep.state
-        training[name] = rep.metrics
-    names = list(finetuned)
-    require("fine-tuning", names)
-    states = [finetuned[n] for n in names]
 
-    models: dict[str, StateDict] = {BASE_LABEL: base}
-    models.update({f"fine-tuned on {n}": finetuned[n] for n in names})
-    if extra_models is not None:
-        models.update(stages.run("non-federated baselines (joint training)", extra_models, base,
-                                 model_cfg))
-    for mcfg in cfg.merges:
-        label = mcfg.method.replace("_", " ")
-        models[label] = stages.run(f"merge {label}",
-                                   lambda m=mcfg: build_merge(m, base, states).merged(base))
+def run_coordinator(cfg: PipelineConfig, fed: Federation, extra_models: Extra | None = None,
+                    log: Callable[[str], None] = print, ledger: Ledger | None = None,
+                    outputs: RunOutputs | None = None) -> dict[str, object]:
+    """Run MergeRec against ``fed``; returns the JSON-ready report.
 
-    require_dp = cfg.train.dp is not None and cfg.train.dp.epsilon is not None
-
-    def ask(seqs: dict[str, list[list[int]]], topk: int | None) -> dict[str, TeacherSignal]:
-        return _ask_silos(session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
-                          require_dp)
-
-    def base_vectors(name: str) -> torch.Tensor:
-        with torch.no_grad():
-            return model_from_state(model_cfg, base).text_vectors(features[name])
-
-    learned_weights: dict[str, dict[str, list[float]]] = {}
-    pseudo_cache: dict[str, list[DomainPseudoData]] = {}
-    for spec in cfg.learned:
-        key = json.dumps([to_dict(spec.pseudo_users), spec.teacher_topk,
-                          spec.distill.loss.needs_teacher])
-        if key not in pseudo_cache:  # variants with the same pseudo-users share the answers
-            pseudo_cache[key] = stages.run(f"pseudo-users + silo answers ({spec.name})",
-                                           build_pseudo_data, spec, features, ask, base_vectors)
-        pseudo = pseudo_cache[key]
-        if not pseudo:
-            session.fail(Failure("*", f"learn ({spec.name})", "no silo answered the queries"))
-            continue
-        learned = stages.run(f"learn ({spec.name})", run_learned_merge, spec, base, states,
-                             model_cfg, pseudo)
-        learned_weights[spec.name] = learned.weights
-        models[spec.name] = learned.state_dict
-
-    eval_req = encode_eval_request(EvalRequest(models, run, cfg.eval, popularity=True))
-    evals = stages.run("evaluate in silos", session.exchange, "evaluate", EVALUATE,
-                       {n: eval_req for n in roles}, fcfg.eval_timeout_s)
-    per_silo = {n: decode_eval_reply(p) for n, p in evals.items()}
-    results = assemble_results(per_silo, names, [n for n in roles if roles[n] == "eval"], models)
-
-    report: dict[str, object] = {
-        "results": results,
-        "silos": {n: {"role": roles[n], "trained": n in finetuned, "evaluated": n in per_silo}
-                  for n in roles},
-        "failures": [to_dict(f) for f in session.failures],
-        "base_hash": base_hash,
-        "training": training,
-        "learned_weights": learned_weights,
-        "ledger": session.ledger.summary(),
-        "stages": stages.records,
-        "total_seconds": stages.total_seconds(),
-        "coordinator_peak_rss_mb": round(peak_rss_mb(), 1),
-        "protocol": {**to_dict(cfg.eval), "ranking": "full catalogue", "precision": "fp32",
-                     "tie_break": "lower item index first", "history_cut": model_cfg.max_len,
-                     "evaluated_in": "each silo, on its private split; only metrics returned"},
-        "config": to_dict(cfg),
-    }
-    if cfg.output_dir:
-        write_outputs(report, session.ledger, models, [s.name for s in cfg.learned if s.name in models],
-                      Path(cfg.output_dir), base_hash)
+    With ``cfg.output_dir`` the result files (report, merged models, received weights, learned
+    weights, ledger) are staged as the run goes and moved into place when it completes
+    (:class:`~common.io.RunOutputs`); a caller that passes its own ``outputs`` commits them
+    itself. ``extra_models`` adds non-federated baselines (the reference pipeline's joint
+    training); ``ledger`` continues a ledger the transport started.
+    """
+    own_outputs = outputs is None and cfg.output_dir is not None
+    outputs = RunOutputs(cfg.output_dir) if own_outputs else outputs  # type: ignore[arg-type]
+    ctx = _start(cfg, fed, log, ledger if ledger is not None else Ledger(), outputs)
+    pool = collect_updates(ctx)
+    add_baselines(ctx, pool, extra_models)
+    training_free_merges(ctx, pool)
+    learned_merges(ctx, pool)
+    per_silo, protocol = evaluate_in_silos(ctx, pool)
+    report = build_report(ctx, pool, per_silo, protocol)
+    if outputs is not None:
+        write_report(report, outputs.stage)
+        if own_outputs:
+            outputs.commit()
     return report
 
 
-def _ask_silos(session: _Session, seqs: dict[str, list[list[int]]], topk: int | None,
-               max_rows: int, timeout: float, require_dp: bool) -> dict[str, TeacherSignal]:
-    """Teacher answers for every domain's pseudo-users, in as few batched rounds as possible."""
-    got: dict[str, list[TeacherSignal]] = {n: [] for n in seqs}
-    rounds = max((len(s) + max_rows - 1) // max_rows for s in seqs.values()) if seqs else 0
-    for r in range(rounds):
-        chunk = {n: s[r * max_rows:(r + 1) * max_rows] for n, s in seqs.items() if n in got}
-        chunk = {n: c for n, c in chunk.items() if c}
-        requests = {n: encode_query(c, topk, require_dp) for n, c in chunk.items()}
-        replies = session.exchange("query", QUERY, requests, timeout)
-        for n in chunk:
-            if n not in replies:
-                got.pop(n, None)
-                continue
-            try:
-                signal = decode_answer(replies[n])
-                signal.validate(len(chunk[n]))
-                if topk and signal.indices is None:
-                    raise ValueError("top-k asked, full rows answered")
-            except (KeyError, ValueError) as exc:
-                session.fail(Failure(n, "query", f"malformed answer: {exc}"))
-                got.pop(n, None)
-                continue
-            got[n].append(signal)
-    out = {}
-    for n, parts in got.items():
-        idx = [p.indices for p in parts]
-        out[n] = TeacherSignal(torch.cat([p.scores for p in parts]), parts[0].num_items,
-                               None if idx[0] is None else torch.cat(idx))  # type: ignore[arg-type]
-    return out
+def _start(cfg: PipelineConfig, fed: Federation, log: Callable[[str], None], ledger: Ledger,
+           outputs: RunOutputs | None) -> _Run:
+    """θ₀ and the accepted silos: only the run's domains, in its order (any other name the
+    transport reports is a recorded failure)."""
+    session = _Session(fed, log, ledger)
+    for failure in getattr(fed, "rejected", []):
+        session.fail(failure)
+    order = {n: i for i, n in enumerate(cfg.data.domain_names())}
+    roles = {}
+    for name, role in sorted(fed.roles().items(), key=lambda nr: order.get(nr[0], len(order))):
+        if name not in order:
+            session.fail(Failure(name, "connect", "not a domain of this run; ignored"))
+        elif role not in ("train", "eval"):
+            session.fail(Failure(name, "connect", f"unknown role {role!r}; ignored"))
+        else:
+            roles[name] = role
+    model_cfg, base = resolve_base(cfg.encoder, cfg.model, cfg.seed)
+    if cfg.federation.catalogue == "vectors" and model_cfg.text_layers:
+        raise ValueError("catalogue 'vectors' shares frozen item vectors; with trainable text "
+                         "encoder layers (model.text_layers > 0) the silos must share item texts")
+    ctx = _Run(cfg, session, roles, model_cfg, base,
+               RunSettings(cfg.encoder, cfg.center_features, model_cfg), outputs)
+    ctx.require("start", ctx.trainers())
+    return ctx
+
+
+def collect_updates(ctx: _Run) -> ModelPool:
+    """Phase 1: send θ₀, check every update (decoding, θ₀ layout and hash, finite values,
+    catalogue, task-vector norm against the others'); the pool holds θ₀ and the accepted
+    fine-tuned models."""
+    cfg, fcfg = ctx.cfg, ctx.cfg.federation
+    trainers = ctx.trainers()
+    ctx.session.log(f"θ₀ {ctx.base_hash[:12]} → fine-tuning in {len(trainers)} silo(s): "
+                    f"{', '.join(trainers)}")
+    request = encode_train_request(TrainRequest(ctx.base, ctx.run, replace(cfg.train, seed=cfg.seed),
+                                                fcfg.catalogue))
+    replies = ctx.stages.run("fine-tune in silos", ctx.session.exchange, "train", TRAIN,
+                             {n: request for n in trainers}, fcfg.train_timeout_s)
+    accepted = {}
+    for name in trainers:
+        if name in replies:
+            update = ctx.session.guard(name, "train", lambda n=name: _checked_update(ctx, n, replies[n]))
+            if update is not None:
+                accepted[name] = update
+    norms = {n: task_vector_norm(u.state, ctx.base) for n, u in accepted.items()}
+    floor = 0.01 * float(torch.sqrt(sum((t.float() ** 2).sum() for t in ctx.base.values())))
+    for name, reason in norm_outliers(norms, fcfg.update_norm_limit, floor).items():
+        ctx.session.fail(Failure(name, "train", f"rejected update: {reason}"))
+        del accepted[name]
+    ctx.require("fine-tuning", list(accepted))
+    pool = ModelPool()
+    pool.add(ModelEntry(BASE_LABEL, "base", ctx.base))
+    for name, update in accepted.items():
+        pool.add(ModelEntry(finetuned_label(name), "finetuned", update.state, name,
+                            update.share_weights))
+        ctx.training[name] = {**update.metrics, "task_vector_norm": norms[name]}
+        ctx.save(f"received/{safe_name(name)}.safetensors", update.state, silo=name)
+    return pool
+
+
+def _checked_update(ctx: _Run, name: str, payload: Payload):  # type: ignore[no-untyped-def]
+    """A decoded update that passed every check, with the silo's item inputs computed."""
+    fcfg = ctx.cfg.federation
+    rep = decode_train_reply(payload, layout_of(ctx.base), fcfg.max_catalogue_items)
+    problems = check_update(rep.state, ctx.base, rep.base_hash)
+    if fcfg.catalogue == "vectors":
+        problems += check_vectors(rep.item_vectors, ctx.model_cfg.text_dim)
+    elif not rep.item_texts:
+        problems.append("no item texts")
+    if problems:
+        raise ValueError("rejected update: " + "; ".join(problems))
+    ctx.features[name] = rep.item_vectors if rep.item_vectors is not None else item_inputs(
+        rep.item_texts or [], ctx.cfg.encoder, ctx.model_cfg, ctx.cfg.center_features,
+        Path(ctx.cfg.data.cache_dir) / "features", name)
+    return rep
+
+
+def add_baselines(ctx: _Run, pool: ModelPool, extra_models: Extra | None) -> None:
+    """Non-federated baselines (the reference pipeline's joint training)."""
+    if extra_models is not None:
+        made = ctx.stages.run("non-federated baselines (joint training)", extra_models, ctx.base,
+                              ctx.model_cfg)
+        for label, state in made.items():
+            pool.add(ModelEntry(label, "baseline", state))
+
+
+def training_free_merges(ctx: _Run, pool: ModelPool) -> None:
+    """Phase 2: each configured merge of the accepted models (a non-finite one fails alone)."""
+    states = [e.state for e in pool.of_kind("finetuned")]
+    for mcfg in ctx.cfg.merges:
+        merged = ctx.stages.run(f"merge {mcfg.label}",
+                                lambda m=mcfg: build_merge(m, ctx.base, states).merged(ctx.base))
+        bad = non_finite(merged)
+        if bad:
+            ctx.session.fail(Failure("*", f"merge {mcfg.label}", f"non-finite tensors {bad[:3]}"))
+            continue
+        pool.add(ModelEntry(mcfg.label, "merge", merged))
+
+
+def learned_merges(ctx: _Run, pool: ModelPool) -> None:
+    """Phases 3 and 4: pseudo-users and verified teacher answers (shared by variants that
+    use the same pseudo-users), then each learned variant; one that fails or ends with
+    non-finite weights is a recorded failure, the others are kept."""
+    fcfg = ctx.cfg.federation
+    finetuned = {e.silo: e.state for e in pool.of_kind("finetuned")}
+    teachers = {n: model_from_state(ctx.model_cfg, s) for n, s in finetuned.items()}
+    check = AnswerCheck(teachers, ctx.features, fcfg.teacher_check_rows, fcfg.teacher_tolerance)
+    require_dp = ctx.cfg.train.dp is not None and ctx.cfg.train.dp.epsilon is not None
+    sizes = {n: len(f) for n, f in ctx.features.items()}
+
+    def ask(seqs, topk):  # type: ignore[no-untyped-def]
+        return ask_silos(ctx.session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
+                         require_dp, sizes, check)
+
+    def base_vectors(name: str) -> torch.Tensor:
+        with torch.no_grad():
+            return model_from_state(ctx.model_cfg, ctx.base).text_vectors(ctx.features[name])
+
+    features = {n: ctx.features[n] for n in finetuned}
+    cache: dict[str, list[DomainPseudoData]] = {}
+    for spec in ctx.cfg.learned:
+        key = json.dumps([to_dict(spec.pseudo_users), spec.teacher_topk,
+                          spec.distill.loss.needs_teacher])
+        if key not in cache:  # variants with the same pseudo-users share the answers
+            cache[key] = ctx.stages.run(f"pseudo-users + silo answers ({spec.name})",
+                                        build_pseudo_data, spec, features, ask, base_vectors)
+        _learn_variant(ctx, pool, spec, cache[key])
+
+
+def _learn_variant(ctx: _Run, pool: ModelPool, spec: LearnedMergeSpec,
+                   pseudo: list[DomainPseudoData]) -> None:
+    stage = f"learn ({spec.name})"
+    if not pseudo:
+        ctx.session.fail(Failure("*", stage, "no silo answered the queries"))
+        return
+    states = [e.state for e in pool.of_kind("finetuned")]
+    learned = ctx.session.guard("*", stage, lambda: ctx.stages.run(
+        stage, run_learned_merge, spec, ctx.base, states, ctx.model_cfg, pseudo))
+    if learned is None:
+        return
+    bad = non_finite(learned.state_dict)
+    weights = [w for ws in learned.weights.values() for w in ws]
+    if bad or not torch.isfinite(torch.tensor(weights)).all():
+        ctx.session.fail(Failure("*", stage, f"non-finite merging weights or tensors {bad[:3]}; "
+                                             "variant dropped"))
+        return
+    ctx.learned_weights[spec.name] = learned.weights
+    pool.add(ModelEntry(spec.name, "learned", learned.state_dict))
+    ctx.save(f"merged/{safe_name(spec.name)}.safetensors", learned.state_dict, method=spec.name)
+    if ctx.outputs is not None:
+        atomic_write_text(ctx.outputs.path("learned_weights.json"),
+                          json.dumps(ctx.learned_weights, indent=2))
+
+
+def run_learned_merge(spec: LearnedMergeSpec, base: StateDict, finetuned: list[StateDict],
+                      model_cfg: ModelConfig, pseudo: list[DomainPseudoData]) -> LearnResult:
+    """Merge initialisation, then learned merging weights on the pseudo-users."""
+    init = build_merge(spec.init, base, finetuned)
+    return learn_merge_weights(TextSeqRec(model_cfg), base, init, pseudo, spec.distill)
+
+
+def evaluate_in_silos(ctx: _Run, pool: ModelPool
+                      ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, object]]:
+    """Phase 5: every silo evaluates what it may see (another silo's fine-tuned weights only
+    when that silo shares them); replies are checked (labels, known metrics, rates in
+    [0, 1]). Returns the metrics per silo and the protocol each silo reported."""
+    asked = {n: pool.for_silo(n) for n in ctx.roles}
+    requests = {n: encode_eval_request(EvalRequest(models, ctx.run, popularity=True))
+                for n, models in asked.items()}
+    replies = ctx.stages.run("evaluate in silos", ctx.session.exchange, "evaluate", EVALUATE,
+                             requests, ctx.cfg.federation.eval_timeout_s)
+    per_silo, protocol = {}, {}
+    for name, payload in replies.items():
+        got = ctx.session.guard(name, "evaluate",
+                                lambda n=name, p=payload: decode_eval_reply(p, list(asked[n])))
+        if got is not None:
+            per_silo[name], protocol[name] = got
+    if ctx.outputs is not None:
+        atomic_write_text(ctx.outputs.path("ledger.json"), json.dumps(
+            {"summary": ctx.session.ledger.summary(), "messages": ctx.session.ledger.entries},
+            indent=2))
+    return per_silo, protocol
 
 
 def assemble_results(per_silo: dict[str, dict[str, dict[str, float]]], seen: list[str],
-                     unseen: list[str], models: dict[str, StateDict]
-                     ) -> dict[str, dict[str, dict[str, float]]]:
-    """Method → silo → metrics, with the in-domain row and averages over seen / unseen silos."""
-    labels = ["popularity", *models]
+                     unseen: list[str], labels: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Method → silo → metrics, with the in-domain row and averages over seen / unseen silos
+    (an average only over the silos that evaluated that model)."""
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for label in labels:
+    last_finetuned = finetuned_label(seen[-1]) if seen else None
+    for label in ["popularity", *labels]:
         results[label] = {n: per_silo[n][label] for n in per_silo if label in per_silo[n]}
-        if label == f"fine-tuned on {seen[-1]}":  # the in-domain row follows the last one
-            results[IN_DOMAIN_LABEL] = {n: per_silo[n][f"fine-tuned on {n}"]
-                                               for n in seen if n in per_silo}
+        if label == last_finetuned:  # the in-domain row follows the last fine-tuned one
+            results[IN_DOMAIN_LABEL] = {n: per_silo[n][finetuned_label(n)]
+                                        for n in seen if finetuned_label(n) in per_silo.get(n, {})}
     for row in results.values():
         for avg_name, group in (("average", seen), ("average unseen", unseen)):
             present = [n for n in group if n in row]
@@ -305,21 +377,28 @@ def assemble_results(per_silo: dict[str, dict[str, dict[str, float]]], seen: lis
     return results
 
 
-def write_outputs(report: dict[str, object], ledger: Ledger, models: dict[str, StateDict],
-                  learned: list[str], out_dir: Path, base_hash: str) -> None:
-    """Merged models and the silos' received weights (safetensors), learned weights, ledger and
-    report, each written atomically; ``report.json`` last, so its presence means the run
-    completed."""
-    for label in learned:
-        atomic_save_safetensors(models[label], out_dir / "merged" / f"{safe_name(label)}.safetensors",
-                                metadata={"base_hash": base_hash, "method": label})
-    for label, state in models.items():  # what the coordinator received from each silo
-        if label.startswith("fine-tuned on "):
-            silo = label[len("fine-tuned on "):]
-            atomic_save_safetensors(state, out_dir / "received" / f"{safe_name(silo)}.safetensors",
-                                    metadata={"base_hash": base_hash, "silo": silo})
-    atomic_write_text(out_dir / "learned_weights.json",
-                      json.dumps(report["learned_weights"], indent=2))
-    atomic_write_text(out_dir / "ledger.json",
-                      json.dumps({"summary": report["ledger"], "messages": ledger.entries}, indent=2))
-    write_report(report, out_dir)
+def build_report(ctx: _Run, pool: ModelPool, per_silo: dict[str, dict[str, dict[str, float]]],
+                 protocol: dict[str, dict[str, object]]) -> dict[str, object]:
+    """Phase 6: the JSON-ready report."""
+    seen = [e.silo for e in pool.of_kind("finetuned")]
+    unseen = [n for n, r in ctx.roles.items() if r == "eval"]
+    results = assemble_results(per_silo, seen, unseen, list(pool.entries))  # type: ignore[arg-type]
+    first = next(iter(protocol.values()), {})
+    return {
+        "results": results,
+        "silos": {n: {"role": r, "trained": n in seen, "evaluated": n in per_silo,
+                      "withheld": pool.withheld_from(n)} for n, r in ctx.roles.items()},
+        "failures": [to_dict(f) for f in ctx.session.failures],
+        "base_hash": ctx.base_hash,
+        "training": ctx.training,
+        "learned_weights": ctx.learned_weights,
+        "ledger": ctx.session.ledger.summary(),
+        "stages": ctx.stages.records,
+        "total_seconds": ctx.stages.total_seconds(),
+        "coordinator_peak_rss_mb": round(peak_rss_mb(), 1),
+        "protocol": {**first, "ranking": "full catalogue", "precision": "fp32",
+                     "tie_break": "lower item index first", "history_cut": ctx.model_cfg.max_len,
+                     "evaluated_in": "each silo, on its private split, with its own protocol; "
+                                     "only metrics returned", "per_silo": protocol},
+        "config": to_dict(ctx.cfg),
+    }

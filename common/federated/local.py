@@ -14,6 +14,7 @@ class LocalFederation:
     def __init__(self, silos: list[Silo], run_id: str | None = None) -> None:
         self.silos = {s.cfg.name: s for s in silos}
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.rejected: list[Failure] = []
 
     def roles(self) -> dict[str, str]:
         return {n: "eval" if s.cfg.eval_only else "train" for n, s in self.silos.items()}

@@ -10,6 +10,7 @@ passes around too, so both transports send exactly the same content. The ``encod
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -18,7 +19,6 @@ import torch
 
 from ..config import from_dict, to_dict
 from ..distill import TeacherSignal
-from ..evaluation import EvalConfig
 from ..model import ModelConfig
 from ..training import TrainConfig
 
@@ -28,6 +28,7 @@ StateDict = dict[str, torch.Tensor]
 INFO, TRAIN, QUERY, EVALUATE = "query.info", "train", "query.distill", "evaluate"
 MESSAGE_KINDS = (INFO, TRAIN, QUERY, EVALUATE)
 PAD = -1  # padding id of pseudo-user sequences in a query
+MAX_TEXT_CHARS = 20_000  # longest item text a coordinator accepts in a catalogue
 
 
 class QueryRefused(ValueError):
@@ -81,20 +82,24 @@ class TrainRequest:
 @dataclass
 class TrainReply:
     """A silo's fine-tuned weights, the θ₀ hash it trained from, its catalogue (texts or
-    frozen vectors) and aggregate training metrics."""
+    frozen vectors), aggregate training metrics, and whether it lets other silos evaluate its
+    weights (its own node config decides)."""
 
     state: StateDict
     base_hash: str
     metrics: dict[str, float]
     item_texts: list[str] | None = None
     item_vectors: torch.Tensor | None = None
+    share_weights: bool = False
 
 
 @dataclass
 class EvalRequest:
+    """The models a silo is asked to evaluate; the protocol (split, cut-offs, users) is the
+    silo's own, never the coordinator's."""
+
     models: dict[str, StateDict]
     run: RunSettings
-    eval: EvalConfig
     popularity: bool = True
 
 
@@ -114,19 +119,55 @@ def _pack(key: str, state: StateDict) -> tuple[dict[str, np.ndarray], dict[str, 
     return {key: flat}, {f"{key}#layout": layout}
 
 
-def _unpack(p: Payload, key: str) -> StateDict:
-    """Inverse of :func:`_pack`; a layout that does not fit the array raises ``ValueError``."""
+Layout = list[tuple[str, list[int]]]
+
+
+def layout_of(state: StateDict) -> Layout:
+    """Names and shapes of a state dict, in order (what a packed model must match)."""
+    return [(n, list(t.shape)) for n, t in state.items()]
+
+
+def _layout(p: Payload, key: str, max_values: int) -> Layout:
+    """A packed model's declared layout, checked against its array's dtype and size before
+    anything is copied; at most ``max_values`` floats."""
     if key not in p.arrays or f"{key}#layout" not in p.config:
         raise ValueError(f"'{key}' or its layout is missing")
-    flat, layout = p.arrays[key], json.loads(str(p.config[f"{key}#layout"]))
-    sizes = [int(np.prod(shape)) for _, shape in layout]
-    if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != sum(sizes):
-        raise ValueError(f"'{key}': {flat.dtype} array of shape {flat.shape} does not match its "
-                         f"layout ({sum(sizes)} float32 values)")
+    try:
+        raw = json.loads(str(p.config[f"{key}#layout"]))
+        layout = [(str(n), [int(d) for d in shape]) for n, shape in raw]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"'{key}': unreadable layout ({type(exc).__name__})") from None
+    sizes = [int(np.prod(shape)) if all(d >= 0 for d in shape) else -1 for _, shape in layout]
+    flat = p.arrays[key]
+    if min(sizes, default=0) < 0 or sum(sizes) > max_values:
+        raise ValueError(f"'{key}': the layout declares negative or more than {max_values} values")
+    if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1 \
+            or flat.size != sum(sizes):
+        raise ValueError(f"'{key}': {getattr(flat, 'dtype', '?')} array of shape "
+                         f"{getattr(flat, 'shape', '?')} does not match its layout "
+                         f"({sum(sizes)} float32 values)")
+    return layout
+
+
+def _unpack(p: Payload, key: str, expected: Layout | None = None,
+            max_values: int = 1 << 28) -> StateDict:
+    """Inverse of :func:`_pack`. With ``expected`` the layout must hold exactly those names and
+    shapes (in any order); anything that does not fit raises ``ValueError`` before arrays are
+    copied."""
+    layout = _layout(p, key, max_values)
+    got = dict(layout)
+    if len(got) != len(layout):
+        raise ValueError(f"'{key}': a tensor name appears twice in the layout")
+    if expected is not None and got != dict(expected):
+        diff = [n for n, s in expected if got.get(n) != s] + \
+               [n for n in got if n not in dict(expected)]
+        raise ValueError(f"'{key}': layout differs from θ₀'s ({len(diff)} tensors, "
+                         f"first: {diff[0]})")
     out, start = {}, 0
-    tensor = torch.from_numpy(np.array(flat, copy=True))
-    for (name, shape), size in zip(layout, sizes):
-        out[str(name)] = tensor[start:start + size].reshape(shape).clone()
+    tensor = torch.from_numpy(np.array(p.arrays[key], copy=True))
+    for name, shape in layout:
+        size = int(np.prod(shape))
+        out[name] = tensor[start:start + size].reshape(shape).clone()
         start += size
     return out
 
@@ -145,8 +186,9 @@ def encode_train_request(req: TrainRequest) -> Payload:
                             "catalogue": req.catalogue})
 
 
-def decode_train_request(p: Payload) -> TrainRequest:
-    return TrainRequest(_unpack(p, "base"), _run_from(p.config),
+def decode_train_request(p: Payload, max_values: int) -> TrainRequest:
+    """θ₀ (at most ``max_values`` floats), the run's settings and the training config."""
+    return TrainRequest(_unpack(p, "base", max_values=max_values), _run_from(p.config),
                         from_dict(TrainConfig, json.loads(str(p.config["train"])), "train"),
                         str(p.config.get("catalogue", "text")))  # type: ignore[arg-type]
 
@@ -158,15 +200,32 @@ def encode_train_reply(rep: TrainReply, silo: str) -> Payload:
         arrays["item-vectors"] = rep.item_vectors.float().contiguous().numpy()
     if rep.item_texts is not None:
         config["item-texts"] = list(rep.item_texts)
+    config["share-weights"] = rep.share_weights
     return Payload(arrays, config, dict(rep.metrics))
 
 
-def decode_train_reply(p: Payload) -> TrainReply:
-    vectors = p.arrays.get("item-vectors")
-    texts = p.config.get("item-texts")
-    return TrainReply(_unpack(p, "weights"), str(p.config.get("base-hash", "")),
-                      dict(p.metrics), [str(t) for t in texts] if isinstance(texts, list) else None,
-                      None if vectors is None else torch.from_numpy(np.array(vectors, copy=True)))
+def decode_train_reply(p: Payload, base: Layout, max_items: int) -> TrainReply:
+    """A silo's update, checked before anything is copied: weights exactly in θ₀'s layout, a
+    catalogue of at most ``max_items`` items (texts of at most ``MAX_TEXT_CHARS`` characters,
+    or float32 vectors), finite metrics. Anything else raises ``ValueError``."""
+    weights = _unpack(p, "weights", expected=base)
+    texts, vectors = p.config.get("item-texts"), p.arrays.get("item-vectors")
+    if texts is not None:
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("item texts must be a list of strings")
+        if len(texts) > max_items or any(len(t) > MAX_TEXT_CHARS for t in texts):
+            raise ValueError(f"catalogue of {len(texts)} texts: more than {max_items} items or "
+                             f"a text over {MAX_TEXT_CHARS} characters")
+    if vectors is not None and (not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32
+                                or vectors.ndim != 2 or len(vectors) > max_items):
+        raise ValueError(f"item vectors must be float32 [items <= {max_items}, dim]")
+    metrics = {str(k): float(v) for k, v in p.metrics.items()}
+    if not all(np.isfinite(v) for v in metrics.values()):
+        raise ValueError("non-finite training metrics")
+    return TrainReply(weights, str(p.config.get("base-hash", "")), metrics,
+                      None if texts is None else list(texts),  # type: ignore[arg-type]
+                      None if vectors is None else torch.from_numpy(np.array(vectors, copy=True)),
+                      p.config.get("share-weights") is True)
 
 
 def encode_sequences(seqs: list[list[int]]) -> np.ndarray:
@@ -208,10 +267,21 @@ def encode_answer(signal: TeacherSignal, silo: str) -> Payload:
                    {"rows": float(signal.scores.shape[0])})
 
 
-def decode_answer(p: Payload) -> TeacherSignal:
-    idx = p.arrays.get("indices")
-    return TeacherSignal(torch.from_numpy(np.array(p.arrays["scores"], copy=True)),
-                         int(p.config["num-items"]),  # type: ignore[arg-type]
+def decode_answer(p: Payload, rows: int, num_items: int, topk: int | None) -> TeacherSignal:
+    """A silo's answer for ``rows`` pseudo-users over its ``num_items`` items, shapes and
+    dtypes checked before anything is copied (``ValueError`` otherwise)."""
+    scores, idx = p.arrays.get("scores"), p.arrays.get("indices")
+    width = min(topk, num_items) if topk else num_items
+    if not isinstance(scores, np.ndarray) or scores.dtype != np.float32 or \
+            scores.shape != (rows, width):
+        raise ValueError(f"scores must be float32 [{rows}, {width}], got "
+                         f"{getattr(scores, 'dtype', '?')} {getattr(scores, 'shape', '?')}")
+    if (idx is None) != (not topk) or (idx is not None and (
+            not isinstance(idx, np.ndarray) or idx.dtype != np.int64 or idx.shape != scores.shape)):
+        raise ValueError("top-k answers need int64 indices shaped like the scores; full rows none")
+    if p.config.get("num-items") != num_items:
+        raise ValueError(f"answer for {p.config.get('num-items')!r} items, the catalogue has {num_items}")
+    return TeacherSignal(torch.from_numpy(np.array(scores, copy=True)), num_items,
                          None if idx is None else torch.from_numpy(np.array(idx, copy=True)))
 
 
@@ -224,28 +294,56 @@ def encode_eval_request(req: EvalRequest) -> Payload:
         arrays.update(a)
         layouts.update(lay)
     return Payload(arrays, {**layouts, **_run_config(req.run), "labels": labels,
-                            "eval": json.dumps(to_dict(req.eval)), "popularity": req.popularity})
+                            "popularity": req.popularity})
 
 
-def decode_eval_request(p: Payload) -> EvalRequest:
-    labels = [str(x) for x in p.config["labels"]]  # type: ignore[union-attr]
-    models = {label: _unpack(p, f"model{i}") for i, label in enumerate(labels)}
-    return EvalRequest(models, _run_from(p.config),
-                       from_dict(EvalConfig, json.loads(str(p.config["eval"])), "eval"),
-                       bool(p.config.get("popularity", False)))
+def decode_eval_request(p: Payload, max_models: int, max_values: int) -> EvalRequest:
+    """The models to evaluate: at most ``max_models``, all in one layout of at most
+    ``max_values`` floats (checked before anything is copied)."""
+    labels = p.config.get("labels")
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) \
+            or len(set(labels)) != len(labels):
+        raise QueryRefused("'labels' must be a list of distinct strings")
+    if len(labels) > max_models:
+        raise QueryRefused(f"{len(labels)} models in one message; this silo evaluates at most "
+                           f"{max_models}")
+    first = _layout(p, "model0", max_values) if labels else []
+    for i in range(1, len(labels)):
+        if dict(_layout(p, f"model{i}", max_values)) != dict(first):
+            raise QueryRefused("the models to evaluate do not share one layout")
+    models = {label: _unpack(p, f"model{i}", first, max_values) for i, label in enumerate(labels)}
+    return EvalRequest(models, _run_from(p.config), bool(p.config.get("popularity", False)))
 
 
-def encode_eval_reply(results: dict[str, dict[str, float]], silo: str) -> Payload:
+METRIC = re.compile(r"(recall|ndcg)@\d+|mrr")
+
+
+def encode_eval_reply(results: dict[str, dict[str, float]], silo: str,
+                      protocol: dict[str, object]) -> Payload:
     labels = list(results)
     metrics = {f"{i}/{m}": float(v) for i, label in enumerate(labels)
                for m, v in results[label].items()}
-    return Payload({}, {"silo": silo, "labels": labels}, metrics)
+    return Payload({}, {"silo": silo, "labels": labels, "protocol": json.dumps(protocol)}, metrics)
 
 
-def decode_eval_reply(p: Payload) -> dict[str, dict[str, float]]:
-    labels = [str(x) for x in p.config["labels"]]  # type: ignore[union-attr]
-    out: dict[str, dict[str, float]] = {label: {} for label in labels}
+def decode_eval_reply(p: Payload, asked: list[str]
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, object]]:
+    """Metrics per model label and the protocol the silo used. The labels must be the ones
+    asked for (plus ``popularity``), every metric a known one with a finite value in [0, 1]."""
+    labels = p.config.get("labels")
+    if not isinstance(labels, list) or not set(labels) <= {*asked, "popularity"} \
+            or not set(asked) <= set(labels):
+        raise ValueError(f"answered labels {labels!r} are not the ones asked for")
+    out: dict[str, dict[str, float]] = {str(label): {} for label in labels}
     for key, value in p.metrics.items():
-        i, metric = key.split("/", 1)
-        out[labels[int(i)]][metric] = float(value)
-    return out
+        i, _, metric = str(key).partition("/")
+        if not i.isdigit() or int(i) >= len(labels) or not METRIC.fullmatch(metric):
+            raise ValueError(f"unexpected metric key {key!r}")
+        if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+            raise ValueError(f"{labels[int(i)]} {metric} = {value!r} is not a rate in [0, 1]")
+        out[str(labels[int(i)])][metric] = float(value)
+    try:
+        protocol = json.loads(str(p.config.get("protocol", "{}")))
+    except json.JSONDecodeError:
+        raise ValueError("unreadable evaluation protocol") from None
+    return out, protocol if isinstance(protocol, dict) else {}

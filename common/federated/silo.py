@@ -4,40 +4,86 @@ Transport-neutral: :meth:`Silo.handle` takes a request :class:`Payload` and retu
 payload. The Flower ClientApp and the in-process federation both call it, so what leaves a silo
 is the same in every mode: weights + catalogue + aggregate metrics after training, score rows
 for coordinator-made pseudo-users, aggregate metrics after evaluation. Nothing else.
+
+What leaves, and on what terms, is decided here from the silo's own settings
+(:class:`SiloPolicy`, from its node config in deployment), never from the request: the
+evaluation protocol and user set, the least number of users a metric is released over, the
+lifetime answer budget, the size of what it accepts, whether other silos may evaluate its
+weights, which encoder folders it reads. An unexpected error reaches the coordinator as a
+generic message with an incident code; the detail (which may name users) stays in the silo's
+log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import traceback
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from safetensors.torch import load_file
 
 from ..config import from_dict, with_overrides
 from ..data import Domain
-from ..io import atomic_write_text
 from ..distill import teacher_scores
-from ..evaluation import evaluate_model, evaluate_popularity
+from ..evaluation import EvalConfig, evaluate_model, evaluate_popularity
+from ..io import atomic_write_text
 from ..model import TextSeqRec, model_from_state, state_hash
 from ..model.recommender import ItemInputs
 from ..backbone import item_inputs
 from ..training import TrainConfig, checkpoint_path, fine_tune_cached
+from .budget import Budget, BudgetExceeded, BudgetLedger
 from .protocol import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, RunSettings, TrainReply,
                        decode_eval_request, decode_sequences, decode_train_request, encode_answer,
                        encode_eval_reply, encode_train_reply)
 
-
 OWN_TRAIN_METRIC = "train."  # prefix of the reply metrics naming a silo's own training settings
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass
+class SiloPolicy:
+    """What a silo answers, and on what terms (its own settings, never the coordinator's).
+
+    ``eval``: its evaluation protocol (split, cut-offs, history masking, users: all of the
+    split unless ``max_users``). ``min_users``: no metric is released over fewer users.
+    ``budget``: lifetime limits (:class:`~common.federated.budget.Budget`); ``query_budget``:
+    pseudo-user rows per run on top (``None``: only the lifetime limit). ``max_*``: the largest
+    message it accepts. ``share_weights``: other silos may evaluate its fine-tuned weights (the
+    cross-domain matrix); off by default. ``encoder_dirs``: local encoder folders it accepts
+    besides the packaged MiniLM and the hashing encoder. ``metric_epsilon``: Laplace noise of
+    scale 1 / (users · ε) on every released metric (``None``: none).
+    """
+
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    min_users: int = 20
+    budget: Budget = field(default_factory=Budget)
+    query_budget: int | None = None
+    max_rows_per_message: int = 20_000
+    max_models_per_message: int = 64
+    max_model_values: int = 50_000_000
+    share_weights: bool = False
+    encoder_dirs: list[str] = field(default_factory=list)
+    metric_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_users < 1:
+            raise ValueError(f"min_users must be >= 1, got {self.min_users}")
+        if self.metric_epsilon is not None and self.metric_epsilon <= 0:
+            raise ValueError(f"metric_epsilon must be > 0, got {self.metric_epsilon}")
 
 
 @dataclass
 class SiloConfig:
-    """A silo's own settings (from its node config in deployment).
+    """A silo's identity and settings (from its node config in deployment).
 
-    ``query_budget``: most pseudo-user rows it answers per run (``None``: unlimited).
+    ``name`` is also a folder name, so it must be a plain name (letters, digits, ``._-``).
     ``eval_only``: an unseen domain; it never trains or answers queries, it only evaluates.
     ``feature_cache``: where item text vectors are cached (default ``<work_dir>/features``).
     ``train``: the silo's own fine-tuning settings (:class:`~common.training.TrainConfig` keys,
@@ -48,12 +94,15 @@ class SiloConfig:
 
     name: str
     work_dir: str
-    query_budget: int | None = None
     eval_only: bool = False
     feature_cache: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
+    policy: SiloPolicy = field(default_factory=SiloPolicy)
 
     def __post_init__(self) -> None:
+        if not SAFE_NAME.fullmatch(self.name):
+            raise ValueError(f"silo name {self.name!r}: use letters, digits, '.', '_', '-' "
+                             "(at most 64, not starting with '.' or '-')")
         self.train_config(TrainConfig())  # a bad override fails when the silo is set up
 
     def train_config(self, coordinator: TrainConfig) -> TrainConfig:
@@ -62,14 +111,17 @@ class SiloConfig:
 
 
 class Silo:
-    """Serves the three message kinds for one domain; ``load_domain`` reads the private data."""
+    """Serves the message kinds for one domain; ``load_domain`` reads the private data."""
 
     def __init__(self, cfg: SiloConfig, load_domain: Callable[[], Domain]) -> None:
         self.cfg = cfg
+        self.policy = cfg.policy
         self._load_domain = load_domain
         self.work = Path(cfg.work_dir)
+        self.budget = BudgetLedger(self.work, cfg.policy.budget)
         self._features: dict[tuple[str, bool, int], ItemInputs] = {}
         self._teachers: dict[str, TextSeqRec] = {}  # checkpoint path -> loaded model
+        self.log = logging.getLogger(f"mergerec.silo.{cfg.name}")
 
     @cached_property
     def domain(self) -> Domain:
@@ -79,6 +131,7 @@ class Silo:
         """The model's item inputs (frozen text vectors, or token states below the trainable
         encoder layers), cached on the silo's disk, and in memory while this process serves
         more messages."""
+        self._check_encoder(run.encoder)
         key = (run.encoder, run.center_features, run.model.text_layers)
         if key not in self._features:
             self._features[key] = item_inputs(self.domain.item_texts, run.encoder, run.model,
@@ -87,8 +140,34 @@ class Silo:
                                               self.cfg.name)
         return self._features[key]
 
+    def _check_encoder(self, spec: str) -> None:
+        """Only the packaged encoders and the folders this silo allows; the refusal does not
+        say whether a folder exists."""
+        if spec == "minilm" or re.fullmatch(r"hashing(-\d{1,4})?", spec):
+            return
+        allowed = {str(Path(d).resolve()) for d in self.policy.encoder_dirs}
+        if str(Path(spec).resolve()) not in allowed:
+            raise QueryRefused(f"silo {self.cfg.name}: text encoder {spec!r} is not one this "
+                               "silo uses (its node config lists the folders it accepts)")
+
     def handle(self, kind: str, request: Payload, run_id: str) -> Payload:
-        """Answer one message; refusals raise :class:`QueryRefused` with the reason."""
+        """Answer one message. Refusals raise :class:`QueryRefused` with a reason that holds
+        no data; any other error is logged here and answered with an incident code only."""
+        try:
+            return self._handle(kind, request, run_id)
+        except QueryRefused:
+            raise
+        except BudgetExceeded as exc:
+            raise QueryRefused(f"silo {self.cfg.name}: {exc}") from None
+        except Exception:  # noqa: BLE001 - the detail may name users: it stays in the silo
+            incident = uuid.uuid4().hex[:8]
+            self.log.error("incident %s during %s:\n%s", incident, kind, traceback.format_exc())
+            raise QueryRefused(f"silo {self.cfg.name}: {kind} failed (incident {incident}; "
+                               "the detail is in the silo's log)") from None
+
+    def _handle(self, kind: str, request: Payload, run_id: str) -> Payload:
+        if not SAFE_NAME.fullmatch(run_id):
+            raise QueryRefused("the run id must be a plain name")
         if kind == INFO:
             return Payload(config={"silo": self.cfg.name,
                                    "role": "eval" if self.cfg.eval_only else "train"})
@@ -98,14 +177,17 @@ class Silo:
             return self.answer(request, run_id)
         if kind == EVALUATE:
             return self.evaluate(request)
-        raise QueryRefused(f"silo {self.cfg.name}: unknown message kind '{kind}'")
+        raise QueryRefused(f"silo {self.cfg.name}: unknown message kind {kind!r}")
 
     # --- train -------------------------------------------------------------------------
     def train(self, request: Payload, run_id: str) -> Payload:
         """Fine-tune from the received θ₀ (reusing a kept checkpoint for the same θ₀ and config)."""
         if self.cfg.eval_only:
             raise QueryRefused(f"silo {self.cfg.name} is evaluation-only: it does not train")
-        req = decode_train_request(request)
+        try:
+            req = decode_train_request(request, self.policy.max_model_values)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise QueryRefused(f"malformed training request ({type(exc).__name__})") from None
         if req.catalogue == "vectors" and req.run.model.text_layers:
             raise QueryRefused("catalogue 'vectors' needs frozen item vectors "
                                "(the run trains text encoder layers)")
@@ -120,11 +202,11 @@ class Silo:
         own = {OWN_TRAIN_METRIC + k: float(v) for k, v in self.cfg.train.items()
                if isinstance(v, (int, float))}
         reply = TrainReply(state, state_hash(req.base), {**stats, **own, "num-examples": float(
-            sum(len(s) for s in self.domain.train))})
+            sum(len(s) for s in self.domain.train))}, share_weights=self.policy.share_weights)
         if req.catalogue == "text":
             reply.item_texts = list(self.domain.item_texts)
         else:
-            reply.item_vectors = feats
+            reply.item_vectors = feats  # type: ignore[assignment]
         return encode_train_reply(reply, self.cfg.name)
 
     # --- query -------------------------------------------------------------------------
@@ -134,42 +216,71 @@ class Silo:
             raise QueryRefused(f"silo {self.cfg.name} is evaluation-only: it answers no queries")
         record = self._read_run(run_id)
         if record is None:
-            raise QueryRefused(f"silo {self.cfg.name} has not trained in run {run_id}")
+            raise QueryRefused(f"silo {self.cfg.name} has not trained in this run")
         if "sequences" not in request.arrays:
             raise QueryRefused("the query has no 'sequences' array")
+        rows = getattr(request.arrays["sequences"], "shape", (0,))[0]
+        if rows > self.policy.max_rows_per_message:
+            raise QueryRefused(f"{rows} pseudo-users in one message; this silo answers at most "
+                               f"{self.policy.max_rows_per_message}")
         seqs = decode_sequences(request.arrays["sequences"], self.domain.num_items)
         topk = request.config.get("topk", 0)
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 0:
-            raise QueryRefused(f"topk must be a non-negative integer, got {topk!r}")
+            raise QueryRefused("topk must be a non-negative integer")
         if request.config.get("require-dp") and record.get("dp_epsilon") is None:
             raise QueryRefused(f"silo {self.cfg.name}: the run asks for DP but this silo's model "
                                "was not trained with DP; it answers no queries")
-        used = int(record["queries"])
-        budget = self.cfg.query_budget
-        if budget is not None and used + len(seqs) > budget:
-            raise QueryRefused(f"silo {self.cfg.name}: query budget exceeded ({used} of {budget} "
-                               f"pseudo-users used, {len(seqs)} more asked)")
+        used, per_run = int(record["queries"]), self.policy.query_budget
+        if per_run is not None and used + len(seqs) > per_run:
+            raise QueryRefused(f"silo {self.cfg.name}: query budget exceeded ({used} of {per_run} "
+                               f"pseudo-users used in this run, {len(seqs)} more asked)")
+        path = str(record["checkpoint"])
+        self.budget.spend_rows(Path(path).stem, len(seqs))
         record["queries"] = used + len(seqs)
         self._write_run(run_id, record)
         run = from_dict(RunSettings, record["run"], f"{self._run_file(run_id)}: run")
-        path = str(record["checkpoint"])
         if path not in self._teachers:  # walks ask several times per run
             self._teachers[path] = model_from_state(run.model, load_file(path))
-        model = self._teachers[path]
-        signal = teacher_scores(model, self.features(run), seqs, topk or None)
+        signal = teacher_scores(self._teachers[path], self.features(run), seqs, topk or None)
         return encode_answer(signal, self.cfg.name)
 
     # --- evaluate ----------------------------------------------------------------------
     def evaluate(self, request: Payload) -> Payload:
-        """Aggregate metrics of every received model on the private split (and popularity)."""
-        req = decode_eval_request(request)
+        """Aggregate metrics of the received models on the silo's own split, protocol and
+        users (and popularity), released only over at least ``min_users`` users."""
+        req = decode_eval_request(request, self.policy.max_models_per_message,
+                                  self.policy.max_model_values)
+        protocol = self.policy.eval
+        users = len(self.domain.eval_examples(protocol.split)[0])
+        if protocol.max_users is not None:
+            users = min(users, protocol.max_users)
+        if users < self.policy.min_users:
+            raise QueryRefused(f"silo {self.cfg.name} releases metrics over at least "
+                               f"{self.policy.min_users} users")
+        self.budget.spend_eval(len(req.models))
         feats = self.features(req.run)
-        results = {label: evaluate_model(model_from_state(req.run.model, state), self.domain, feats,
-                                         req.eval).metrics
-                   for label, state in req.models.items()}
+        results = {}
+        for label, state in req.models.items():
+            try:
+                model = model_from_state(req.run.model, state)
+            except (RuntimeError, ValueError):
+                raise QueryRefused(f"model {label!r} does not fit the run's architecture") from None
+            results[label] = self._release(evaluate_model(model, self.domain, feats, protocol).metrics,
+                                           users)
         if req.popularity:
-            results["popularity"] = evaluate_popularity(self.domain, req.eval).metrics
-        return encode_eval_reply(results, self.cfg.name)
+            results["popularity"] = self._release(
+                evaluate_popularity(self.domain, protocol).metrics, users)
+        return encode_eval_reply(results, self.cfg.name, {
+            "split": protocol.split, "ks": list(protocol.ks), "mask_history": protocol.mask_history,
+            "users": users, "metric_epsilon": self.policy.metric_epsilon})
+
+    def _release(self, metrics: dict[str, float], users: int) -> dict[str, float]:
+        """Metrics as released: with Laplace noise when the policy asks for it, in [0, 1]."""
+        eps = self.policy.metric_epsilon
+        if eps is None:
+            return metrics
+        noise = torch.distributions.Laplace(0.0, 1.0 / (users * eps))
+        return {k: float(min(1.0, max(0.0, v + float(noise.sample())))) for k, v in metrics.items()}
 
     # --- per-run record on the silo's disk (survives one-process-per-message deployment) --
     def _run_file(self, run_id: str) -> Path:
@@ -181,3 +292,9 @@ class Silo:
 
     def _write_run(self, run_id: str, record: dict) -> None:
         atomic_write_text(self._run_file(run_id), json.dumps(record))
+
+
+def policy_from(values: dict[str, Any], where: str) -> SiloPolicy:
+    """A :class:`SiloPolicy` from a mapping of its keys (YAML or parsed node config); errors
+    name ``where`` and the key."""
+    return from_dict(SiloPolicy, values, where)

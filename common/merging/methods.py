@@ -30,7 +30,8 @@ SMALL_TENSOR = 16
 
 @dataclass
 class MergeConfig:
-    """Which merge to build and its hyper-parameters."""
+    """Which merge to build and its hyper-parameters; ``name`` tells two variants of one
+    method apart in a run."""
 
     method: str = "task_arithmetic"
     lam: float | None = None
@@ -40,6 +41,12 @@ class MergeConfig:
     dare_base: Literal["task_arithmetic", "ties"] = "task_arithmetic"
     scope: Literal["tensor", "model"] = "tensor"
     seed: int = 0
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The merge's row in the results: its ``name``, or the method's name."""
+        return self.name or self.method.replace("_", " ")
 
 
 @dataclass

@@ -332,7 +332,12 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
 
 
 def model_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> TextSeqRec:
-    """A model in eval mode with the given weights (architecture from ``cfg``)."""
+    """A model in eval mode with the given weights (architecture from ``cfg``). Weights that
+    do not fit ``cfg`` raise ``ValueError`` before the model's memory is allocated."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in TextSeqRec(cfg).state_dict().items()}
+    if want != {k: tuple(v.shape) for k, v in state.items()}:
+        raise ValueError("the weights do not fit the model configuration (names or shapes differ)")
     model = TextSeqRec(cfg)
     model.load_state_dict(state)
     return model.eval()
