@@ -26,10 +26,8 @@ class FlowerFederation:
         self.rejected: list[Failure] = []
 
     def connect(self, expected: int, wait_s: float, names: list[str]) -> None:
-        """Wait up to ``wait_s`` for ``expected`` nodes, then learn every node's silo name.
-        Only the run's silo ``names`` are accepted; a name claimed by several nodes is given
-        to none of them (an impostor must not push a silo out, nor be chosen by who answers
-        first); both cases are recorded failures."""
+        """Wait up to ``wait_s`` for ``expected`` nodes, then learn every node's silo name;
+        only the run's silo ``names`` are accepted (:func:`accept_claims`)."""
         deadline = time.monotonic() + wait_s
         nodes = list(self.grid.get_node_ids())
         while len(nodes) < expected and time.monotonic() < deadline:
@@ -38,24 +36,15 @@ class FlowerFederation:
         if len(nodes) < expected:
             self.log(f"only {len(nodes)} of {expected} expected silos connected after {wait_s:.0f} s")
         replies = self._exchange(INFO, {str(n): (n, Payload()) for n in nodes}, wait_s)
-        claims: dict[str, list[tuple[int, str]]] = {}
+        claims: dict[int, tuple[str, str]] = {}
         for key, reply in replies.items():
             if isinstance(reply, Failure):
                 self.log(f"node {key} did not identify itself: {reply.reason}")
                 continue
             name = str(reply.config.get("silo", ""))
             self.ledger.record(name or f"node {key}", INFO, reply)
-            claims.setdefault(name, []).append((int(key), str(reply.config.get("role", "train"))))
-        for name, claimants in claims.items():
-            nodes_of = ", ".join(str(n) for n, _ in claimants)
-            if name not in names:
-                self.rejected.append(Failure(name or "?", "connect", f"node {nodes_of} claims a "
-                                             "silo name this run does not have; ignored"))
-            elif len(claimants) > 1:
-                self.rejected.append(Failure(name, "connect", f"name claimed by nodes {nodes_of}; "
-                                             "none of them is trusted"))
-            else:
-                self.nodes[name], self._roles[name] = claimants[0]
+            claims[int(key)] = (name, str(reply.config.get("role", "train")))
+        self.nodes, self._roles, self.rejected = accept_claims(claims, names)
 
     def roles(self) -> dict[str, str]:
         return dict(self._roles)
@@ -89,3 +78,25 @@ class FlowerFederation:
             if len(out) < len(ids):
                 time.sleep(POLL_S)
         return out
+
+
+def accept_claims(claims: dict[int, tuple[str, str]], names: list[str]
+                  ) -> tuple[dict[str, int], dict[str, str], list[Failure]]:
+    """Node id → (claimed silo name, role) to the accepted silos' nodes and roles, and the
+    refused claims: a name the run does not have, or one claimed by several nodes (given to
+    none of them: an impostor must neither push a silo out nor win by answering first)."""
+    by_name: dict[str, list[tuple[int, str]]] = {}
+    for node, (name, role) in sorted(claims.items()):
+        by_name.setdefault(name, []).append((node, role))
+    nodes, roles, rejected = {}, {}, []
+    for name, claimants in by_name.items():
+        ids = ", ".join(str(n) for n, _ in claimants)
+        if name not in names:
+            rejected.append(Failure(name or "?", "connect", f"node {ids} claims a silo name "
+                                    "this run does not have; ignored"))
+        elif len(claimants) > 1:
+            rejected.append(Failure(name, "connect", f"name claimed by nodes {ids}; none of "
+                                    "them is trusted"))
+        else:
+            nodes[name], roles[name] = claimants[0]
+    return nodes, roles, rejected

@@ -13,7 +13,8 @@ TINY: dict = {
     "data": {"synthetic": {"items_per_domain": 60, "users_per_domain": 120, "seed": 3}},
     "encoder": "hashing-64",
     "model": {"hidden": 16, "layers": 1, "heads": 2, "max_len": 8, "item_hidden": 32},
-    "train": {"epochs": 3, "batch_size": 64, "lr": 0.003, "patience": 3, "progress": False},
+    "train": {"epochs": 3, "batch_size": 64, "lr": 0.003, "warmup_steps": 2, "patience": 3,
+              "progress": False},
     "merges": [{"method": "average"}, {"method": "ties", "lam": 1.0, "density": 0.2}],
     "learned": [
         {"name": "mergerec task-wise",
