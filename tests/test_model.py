@@ -16,11 +16,13 @@ def test_base_model_is_bit_identical_under_seed():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("branch_init", ["rezero", "zero_out"])
-def test_base_scores_exactly_text_similarity_to_last_item(branch_init):
+@pytest.mark.parametrize("branch_init,repeat_head", [("rezero", False), ("zero_out", False),
+                                                     ("rezero", True)])
+def test_base_scores_exactly_text_similarity_to_last_item(branch_init, repeat_head):
     torch.manual_seed(0)
     feats = F.normalize(torch.randn(50, 32), dim=-1)
-    cfg = ModelConfig(text_dim=32, hidden=16, max_len=8, branch_init=branch_init)
+    cfg = ModelConfig(text_dim=32, hidden=16, max_len=8, branch_init=branch_init,
+                      repeat_head=repeat_head)
     model = build_base_model(cfg, seed=1).eval()
     seqs, lengths = pad_sequences([[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]], 8)
     with torch.no_grad():

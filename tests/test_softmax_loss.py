@@ -88,15 +88,20 @@ def test_unit_normalize_matches_f_normalize():
     assert torch.equal(unit_normalize(zero), F.normalize(zero, dim=-1))
 
 
-def test_next_item_loss_equals_dense_full_softmax():
-    """The training loss, fused, is the cross-entropy over the model's own logits."""
+@pytest.mark.parametrize("repeat_head", [False, True])
+def test_next_item_loss_equals_dense_full_softmax(repeat_head):
+    """The training loss, fused, is the cross-entropy over the model's own logits (one β, or
+    one per item from the repeat head)."""
     from common.model.recommender import position_history_index
 
     torch.manual_seed(0)
-    model = build_base_model(ModelConfig(text_dim=16, hidden=8, max_len=8), seed=1)
+    model = build_base_model(ModelConfig(text_dim=16, hidden=8, max_len=8,
+                                         repeat_head=repeat_head), seed=1)
     with torch.no_grad():
         model.history_weight.fill_(-0.3)
         model.item_tower.gate.fill_(0.5)
+        if repeat_head:
+            model.repeat_head.weight.normal_()
     feats = torch.randn(12, 16)
     batch = make_batch(0, [[1, 2, 3, 2, 7], [4, 5], [9, 9, 1]], 8)
     model.eval()  # no dropout: both losses see the same states

@@ -128,7 +128,7 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
             padded, lengths, uniq_ids = padded.to(device), lengths.to(device), torch.tensor(uniq, device=device)
             users = functional_call(model, params, (feats[k][uniq_ids], padded, lengths))
             in_history = history_multi_hot(uniq_ids[padded], lengths, len(feats[k]))
-            z = model.score(users, tables[k], in_history, params["history_weight"])
+            z = model.score(users, tables[k], in_history, model.history_bias(tables[k], params))
             teacher = teachers[k].rows(rows.to(device)) if teachers[k] is not None else None
             terms = merge_loss(z, teacher, cfg.loss)
             share = len(rows) / cfg.batch_size

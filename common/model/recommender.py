@@ -42,7 +42,11 @@ ItemInputs = Union[torch.Tensor, TokenStates]
 
 @dataclass
 class ModelConfig:
-    """Architecture of the recommender. ``text_dim`` comes from the text encoder;
+    """Architecture of the recommender. ``repeat_head``: the bonus of an item already in the
+    history is β + a linear function of the item's vector (zero at θ₀) instead of one β for
+    every item, so a repeat-purchase shop and a no-repeat shop need not pull one shared
+    number in opposite directions when their models are merged. ``text_dim`` comes from the
+    text encoder;
     ``text_layers`` > 0 makes that many of the encoder's top layers part of the model
     (``text_heads``, ``text_ffn``, ``text_eps``: their shape, also from the encoder)."""
 
@@ -55,6 +59,7 @@ class ModelConfig:
     item_hidden: int = 256
     temperature: float = 0.05
     branch_init: Literal["rezero", "zero_out"] = "rezero"
+    repeat_head: bool = False
     text_layers: int = 0
     text_heads: int = 12
     text_ffn: int = 1536
@@ -131,6 +136,10 @@ class TextSeqRec(nn.Module):
         self.item_tower = ItemTower(cfg)
         self.seq_tower = SequenceTower(cfg)
         self.history_weight = nn.Parameter(torch.zeros(1))
+        if cfg.repeat_head:
+            self.repeat_head = nn.Linear(cfg.text_dim, 1)
+            nn.init.zeros_(self.repeat_head.weight)
+            nn.init.zeros_(self.repeat_head.bias)
         if cfg.branch_init == "zero_out":
             self._zero_branch_outputs()
         elif cfg.branch_init != "rezero":
@@ -186,18 +195,28 @@ class TextSeqRec(nn.Module):
         last = (torch.arange(len(seqs), device=seqs.device), lengths - 1)
         return self.sequence_states(item_emb, seqs, lengths, last)
 
+    def history_bias(self, item_emb: torch.Tensor,
+                     params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """β of each item [N] (or one β [1] without the repeat head): the bonus it gets when it
+        is in the history. ``params`` replaces the model's own (merged weights)."""
+        p = params if params is not None else dict(self.named_parameters())
+        beta = p["history_weight"]
+        if self.cfg.repeat_head:
+            beta = beta + F.linear(item_emb, p["repeat_head.weight"], p["repeat_head.bias"]).squeeze(-1)
+        return beta
+
     def score(self, users: torch.Tensor, item_emb: torch.Tensor,
               history: torch.Tensor | None = None,
               history_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine similarity [B, N] plus β times the multi-hot ``history`` [B, N].
 
-        ``history_weight`` overrides β (merged weights during merge learning). Divide by
-        ``cfg.temperature`` for logits.
+        ``history_weight`` overrides β (per item or one; merged weights during merge learning).
+        Divide by ``cfg.temperature`` for logits.
         """
         cos = F.normalize(users, dim=-1) @ F.normalize(item_emb, dim=-1).T
         if history is None:
             return cos
-        beta = self.history_weight if history_weight is None else history_weight
+        beta = self.history_bias(item_emb) if history_weight is None else history_weight
         return cos + beta * history
 
     def logits(self, users: torch.Tensor, item_emb: torch.Tensor,
@@ -212,8 +231,9 @@ class TextSeqRec(nn.Module):
         # fp32 logits also under bf16 autocast (a no-op copy otherwise)
         out = ((F.normalize(users, dim=-1) * scale) @ F.normalize(item_emb, dim=-1).T).float()
         rows, items = history
-        return out.index_put_((rows, items), (self.history_weight * scale).expand(len(rows)),
-                              accumulate=True)
+        beta = self.history_bias(item_emb)
+        bonus = (beta * scale).expand(len(rows)) if beta.numel() == 1 else beta[items] * scale
+        return out.index_put_((rows, items), bonus.to(out.dtype), accumulate=True)
 
     def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
                         lengths: torch.Tensor) -> torch.Tensor:

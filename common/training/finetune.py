@@ -71,7 +71,7 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
                                    batch.mask.nonzero(as_tuple=True))
     history = position_history_index(batch.seqs, batch.mask, len(item_emb))
     return cosine_softmax_cross_entropy(
-        unit_normalize(states), unit_normalize(item_emb), model.history_weight,
+        unit_normalize(states), unit_normalize(item_emb), model.history_bias(item_emb),
         history, batch.targets[batch.mask], 1.0 / model.cfg.temperature, workspace)
 
 

@@ -38,8 +38,9 @@ class LogitsWorkspace:
 
 
 class _CosineSoftmaxCE(torch.autograd.Function):
-    """Mean over rows of ``-log softmax(scale·(U Iᵀ + β·H))[row, target]`` for unit-norm U, I
-    and a sparse 0/1 history H given as (row, item) pairs without duplicates."""
+    """Mean over rows of ``-log softmax(scale·(U Iᵀ + H·diag(β)))[row, target]`` for unit-norm
+    U, I, a sparse 0/1 history H given as (row, item) pairs without duplicates, and β one
+    value [1] or one per item [N]."""
 
     @staticmethod
     def forward(ctx, users: torch.Tensor, items: torch.Tensor, beta: torch.Tensor,  # type: ignore[override]
@@ -49,13 +50,15 @@ class _CosineSoftmaxCE(torch.autograd.Function):
         exp = workspace.take(len(users), len(items), users.device)
         with torch.autocast(users.device.type, enabled=False):
             torch.mm(users * scale, items.T, out=exp)
-        exp.index_put_((rows, cols), (beta * scale).expand(len(rows)), accumulate=True)
+        bonus = (beta * scale).expand(len(rows)) if beta.numel() == 1 else beta[cols] * scale
+        exp.index_put_((rows, cols), bonus, accumulate=True)
         target_logit = exp.gather(1, targets[:, None]).squeeze(1)
         row_max = exp.amax(1)
         exp.sub_(row_max[:, None]).exp_()
         total = exp.sum(1)
         ctx.save_for_backward(users, items, rows, cols, targets, total)
         ctx.exp, ctx.scale, ctx.workspace = exp, scale, workspace
+        ctx.beta_items = beta.numel()
         return (total.log() + row_max - target_logit).mean()
 
     @staticmethod
@@ -78,10 +81,13 @@ class _CosineSoftmaxCE(torch.autograd.Function):
             if need_items:
                 grad_items = exp.T @ (users * (inv_total * coef)[:, None])
                 grad_items.index_add_(0, targets, users * coef, alpha=-1.0)
-        if need_beta:
-            hist_prob = (exp[rows, cols] * inv_total[rows]).sum()
-            hist_hits = (cols == targets[rows]).sum()
-            grad_beta = ((hist_prob - hist_hits) * coef).reshape(1)
+        if need_beta:  # d loss / d β_i = Σ over history pairs of item i of (p - hit)
+            per_pair = exp[rows, cols] * inv_total[rows] - (cols == targets[rows]).float()
+            if ctx.beta_items == 1:
+                grad_beta = (per_pair.sum() * coef).reshape(1)
+            else:
+                grad_beta = torch.zeros(ctx.beta_items, device=exp.device).index_add_(
+                    0, cols, per_pair) * coef
         workspace.give(exp)
         return grad_users, grad_items, grad_beta, None, None, None, None, None
 
@@ -116,10 +122,10 @@ def cosine_softmax_cross_entropy(users: torch.Tensor, items: torch.Tensor, beta:
     """Mean cross-entropy of ``scale · (cos(users, items) + β·history)`` against ``targets``.
 
     ``users`` [P, D] and ``items`` [N, D] are unit-normalised by the caller, ``beta`` has one
-    element, ``history`` holds distinct (row, item) pairs. Computed in fp32; equal to
+    element or one per item, ``history`` holds distinct (row, item) pairs. Computed in fp32; equal to
     ``F.cross_entropy`` over the dense logits up to rounding (tested), faster and leaner.
     A ``workspace`` recycles the [P, N] buffer from one step to the next.
     """
     rows, cols = history
-    return _CosineSoftmaxCE.apply(users.float(), items.float(), beta.float().reshape(1),
+    return _CosineSoftmaxCE.apply(users.float(), items.float(), beta.float().reshape(-1),
                                   rows, cols, targets, float(scale), workspace)
