@@ -4,7 +4,8 @@ Settings come from ``[tool.flwr.app.config]`` (override with ``flwr run . -c "ke
 ``experiment`` (YAML PipelineConfig, empty = synthetic default), ``seed``, ``output-dir``,
 ``catalogue``, ``min-silos``, ``num-silos`` (silos to wait for; 0 = every configured domain),
 ``eval-only``, ``query-budget``, ``root-dir``. Outputs: ``<output-dir>/report.json``,
-``report.md``, ``ledger.json``, ``learned_weights.json``, ``merged/*.safetensors``.
+``report.md``, ``ledger.json``, ``learned_weights.json``, ``models/<name>/`` (model packages:
+weights, config, model card) and ``received/*.safetensors``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 from common.config import ConfigError
 from common.data import SyntheticConfig, make_synthetic_domains
@@ -217,7 +216,7 @@ def test_rerun_reuses_fine_tuning_and_writes_outputs_atomically(tmp_path):
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
     saved = json.loads((out / "report.json").read_text())
     assert saved["results"].keys() == again["results"].keys()
-    with safe_open(str(out / "merged" / "mergerec_task-wise.safetensors"), "pt") as f:
-        assert f.metadata()["base_hash"] == again["base_hash"]
+    config = json.loads((out / "models" / "mergerec_task-wise" / "config.json").read_text())
+    assert config["base_hash"] == again["base_hash"] and config["kind"] == "learned"
     ledger = json.loads((out / "ledger.json").read_text())
     assert {m["kind"] for m in ledger["messages"]} == {TRAIN, QUERY, EVALUATE}

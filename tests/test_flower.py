@@ -143,7 +143,7 @@ def test_simulation_matches_reference_and_leaks_nothing(tmp_path):
     _assert_own_training(report)
     _assert_matches_reference(report, tmp_path)
     _audit(audit, tmp_path)
-    assert (out / "merged" / "mergerec_task-wise.safetensors").is_file()
+    assert (out / "models" / "mergerec_task-wise" / "model.safetensors").is_file()
     ledger = json.loads((out / "ledger.json").read_text())
     assert set(ledger["summary"]) == {"beauty", "sports", "pantry"}
     assert all(s["messages"]["query.info"] == 1 for s in ledger["summary"].values())

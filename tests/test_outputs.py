@@ -55,6 +55,6 @@ def test_a_run_keeps_its_results_as_it_goes(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="evaluation crashed"):
         run_pipeline(tiny_config(tmp_path, output_dir=str(out)))
     [partial] = out.glob(".partial-*")
-    assert (partial / "merged" / "mergerec_task-wise.safetensors").is_file()
+    assert (partial / "models" / "mergerec_task-wise" / "model.safetensors").is_file()
     assert (partial / "received" / "beauty.safetensors").is_file()
     assert json.loads((out / "report.json").read_text()) == {"run": "old"}

@@ -62,7 +62,7 @@ def test_report_files_and_contents(report):
     assert "| method |" in (out / "report.md").read_text()
     assert len(list((out / "silos" / "beauty" / "checkpoints").glob("beauty-*.safetensors"))) == 1
     assert len(list((out / "silos" / "beauty" / "checkpoints").glob("sasrec-beauty-*"))) == 1
-    assert (out / "merged" / "mergerec_task-wise.safetensors").is_file()
+    assert (out / "models" / "mergerec_task-wise" / "model.safetensors").is_file()
     assert saved["protocol"]["ranking"] == "full catalogue" and saved["protocol"]["mask_history"] is False
     for method in ("average", "task arithmetic", "ties", "dare", "pcb", "localize stitch",
                    "joint (pooled data, non-private)", "fine-tuned on sports"):

@@ -30,8 +30,11 @@ from ..experiment import LearnedMergeSpec, PipelineConfig
 from ..io import RunOutputs, atomic_save_safetensors, atomic_write_text
 from ..merging import build_merge
 from ..model import ModelConfig, TextSeqRec, model_from_state, state_hash
+from ..data.domain import texts_hash
 from ..model.recommender import ItemInputs
+from ..package import PackageInfo, finish_package, save_weights
 from ..report import Stages, peak_rss_mb, write_report
+from ..text import make_encoder
 from .checks import check_update, check_vectors, non_finite, norm_outliers, task_vector_norm
 from .ledger import Ledger
 from .pool import BASE_LABEL, IN_DOMAIN_LABEL, ModelEntry, ModelPool, finetuned_label
@@ -125,6 +128,8 @@ class _Run:
     features: dict[str, ItemInputs] = field(default_factory=dict)
     training: dict[str, dict[str, float]] = field(default_factory=dict)
     learned_weights: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    catalogues: dict[str, str] = field(default_factory=dict)
+    made_by: dict[str, dict] = field(default_factory=dict)
 
     @property
     def base_hash(self) -> str:
@@ -144,6 +149,16 @@ class _Run:
         if self.outputs is not None:
             atomic_save_safetensors(state, self.outputs.path(relative),
                                     metadata={"base_hash": self.base_hash, **meta})
+
+    def keep(self, pool: ModelPool, entry: ModelEntry, made_by: dict) -> None:
+        """Add a model to the pool and, for everything but the silos' own models, write its
+        weights to ``models/<name>/`` at once (the package is finished after evaluation)."""
+        pool.add(entry)
+        if entry.kind != "finetuned":
+            self.made_by[entry.label] = made_by
+            if self.outputs is not None:
+                save_weights(self.outputs.path(f"models/{safe_name(entry.label)}"), entry.state,
+                             entry.label)
 
 
 def run_coordinator(cfg: PipelineConfig, fed: Federation, extra_models: Extra | None = None,
@@ -224,7 +239,7 @@ def collect_updates(ctx: _Run) -> ModelPool:
         del accepted[name]
     ctx.require("fine-tuning", list(accepted))
     pool = ModelPool()
-    pool.add(ModelEntry(BASE_LABEL, "base", ctx.base))
+    ctx.keep(pool, ModelEntry(BASE_LABEL, "base", ctx.base), {"method": "the pretrained base θ₀"})
     for name, update in accepted.items():
         pool.add(ModelEntry(finetuned_label(name), "finetuned", update.state, name,
                             update.share_weights))
@@ -247,6 +262,8 @@ def _checked_update(ctx: _Run, name: str, payload: Payload):  # type: ignore[no-
     ctx.features[name] = rep.item_vectors if rep.item_vectors is not None else item_inputs(
         rep.item_texts or [], ctx.cfg.encoder, ctx.model_cfg, ctx.cfg.center_features,
         Path(ctx.cfg.data.cache_dir) / "features", name)
+    ctx.catalogues[name] = texts_hash(rep.item_texts) if rep.item_texts else \
+        state_hash({"vectors": rep.item_vectors})[:16]  # type: ignore[dict-item]
     return rep
 
 
@@ -256,7 +273,8 @@ def add_baselines(ctx: _Run, pool: ModelPool, extra_models: Extra | None) -> Non
         made = ctx.stages.run("non-federated baselines (joint training)", extra_models, ctx.base,
                               ctx.model_cfg)
         for label, state in made.items():
-            pool.add(ModelEntry(label, "baseline", state))
+            ctx.keep(pool, ModelEntry(label, "baseline", state),
+                     {"method": "joint training on the pooled data of every silo (non-private)"})
 
 
 def training_free_merges(ctx: _Run, pool: ModelPool) -> None:
@@ -269,7 +287,8 @@ def training_free_merges(ctx: _Run, pool: ModelPool) -> None:
         if bad:
             ctx.session.fail(Failure("*", f"merge {mcfg.label}", f"non-finite tensors {bad[:3]}"))
             continue
-        pool.add(ModelEntry(mcfg.label, "merge", merged))
+        ctx.keep(pool, ModelEntry(mcfg.label, "merge", merged),
+                 {"method": mcfg.method, "config": to_dict(mcfg), "silos": dict(ctx.catalogues)})
 
 
 def learned_merges(ctx: _Run, pool: ModelPool) -> None:
@@ -320,8 +339,9 @@ def _learn_variant(ctx: _Run, pool: ModelPool, spec: LearnedMergeSpec,
                                              "variant dropped"))
         return
     ctx.learned_weights[spec.name] = learned.weights
-    pool.add(ModelEntry(spec.name, "learned", learned.state_dict))
-    ctx.save(f"merged/{safe_name(spec.name)}.safetensors", learned.state_dict, method=spec.name)
+    ctx.keep(pool, ModelEntry(spec.name, "learned", learned.state_dict),
+             {"method": f"MergeRec learned merging weights ({spec.distill.granularity}-wise)",
+              "config": to_dict(spec), "weights": learned.weights, "silos": dict(ctx.catalogues)})
     if ctx.outputs is not None:
         atomic_write_text(ctx.outputs.path("learned_weights.json"),
                           json.dumps(ctx.learned_weights, indent=2))
@@ -384,6 +404,12 @@ def build_report(ctx: _Run, pool: ModelPool, per_silo: dict[str, dict[str, dict[
     unseen = [n for n, r in ctx.roles.items() if r == "eval"]
     results = assemble_results(per_silo, seen, unseen, list(pool.entries))  # type: ignore[arg-type]
     first = next(iter(protocol.values()), {})
+    if ctx.outputs is not None:
+        for label, made in ctx.made_by.items():
+            finish_package(ctx.outputs.path(f"models/{safe_name(label)}"), PackageInfo(
+                label, pool.entries[label].kind, ctx.model_cfg, ctx.cfg.encoder,
+                make_encoder(ctx.cfg.encoder).encoder_id, ctx.cfg.center_features, ctx.base_hash,
+                made, results.get(label, {}), first))
     return {
         "results": results,
         "silos": {n: {"role": r, "trained": n in seen, "evaluated": n in per_silo,
