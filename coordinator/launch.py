@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from typing import Any
 from common.config import ConfigError, load_yaml
 from common.data import write_mergerec_json
 from common.experiment import PipelineConfig, load_domains
+from common.federated.coordinator import safe_name
 
 PROJECT = Path(__file__).resolve().parents[1]
 DONE = "finished:"
+START_ATTEMPTS = 3  # flwr gives a local SuperLink 15 s to start; a busy 2-core machine may need more
 
 
 @dataclass
@@ -154,11 +157,17 @@ def submit_and_follow(conn: str, overrides: Path, env: dict[str, str], timeout_s
     cmd = [_bin("flwr"), "run", str(PROJECT), conn, "--format", "json", "-c", str(overrides)]
     if federation_config:
         cmd += ["--federation-config", federation_config]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT)
-    try:
-        run_id = str(json.loads(out.stdout)["run-id"])
-    except (json.JSONDecodeError, KeyError):
-        raise RuntimeError(f"flwr run did not start a run:\n{out.stdout}\n{out.stderr}") from None
+    for attempt in range(1, START_ATTEMPTS + 1):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT)
+        try:
+            run_id = str(json.loads(out.stdout)["run-id"])
+            break
+        except (json.JSONDecodeError, KeyError):
+            if "SuperLink" in out.stdout + out.stderr and attempt < START_ATTEMPTS:
+                print(f"the local SuperLink did not start in time (a busy machine?); "
+                      f"retrying ({attempt + 1} of {START_ATTEMPTS})", flush=True)
+                continue
+            raise RuntimeError(f"flwr run did not start a run:\n{out.stdout}\n{out.stderr}") from None
     print(f"run {run_id} submitted to '{conn}'", flush=True)
     follower = subprocess.Popen([_bin("flwr"), "log", run_id, conn, "--stream"], env=env,
                                 cwd=PROJECT)
@@ -190,11 +199,28 @@ def _verdict(status: str, output: Path, started: float) -> int:
     report = output / "report.json"
     fresh = report.is_file() and report.stat().st_mtime >= started
     if status == "finished:completed" and fresh:
-        print(f"\nrun completed; report: {report}")
+        print(f"\nrun completed; report: {report} (and report.md)")
+        _next_steps(output, json.loads(report.read_text()))
         return 0
     print(f"\nrun did not complete: status '{status}'"
-          + ("" if fresh else f"; no new report in {output}"), file=sys.stderr)
+          + ("" if fresh else f"; no new report in {output}")
+          + "\n(the run's log above ends with the reason)", file=sys.stderr)
     return 1
+
+
+def _next_steps(output: Path, report: dict) -> None:
+    """Where the merged models are, and the command that gets recommendations from one."""
+    learned = [name for name in report.get("learned_weights", {})]
+    models = output / "models"
+    if not learned or not models.is_dir():
+        return
+    best = max(learned, key=lambda n: report["results"].get(n, {}).get("average", {}).get("recall@10", -1))
+    folder = models / safe_name(best)
+    catalogues = sorted((output / "catalogues").glob("*.csv"))
+    print(f"merged models: {models}/ (best on average: {folder.name})")
+    if catalogues:
+        print(f"recommendations: mergerec-model recommend --model {folder} "
+              f"--catalogue {catalogues[0]} --history 0 1 2")
 
 
 def _stop_local_superlink(home: Path) -> None:
@@ -215,16 +241,39 @@ def _stop_local_superlink(home: Path) -> None:
                 pass
 
 
+def run_config_keys() -> dict[str, object]:
+    """The app's run-config keys and defaults (``[tool.flwr.app.config]``)."""
+    with (PROJECT / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with one quoting rule: VALUE is a TOML value (``'text'``, ``"text"``,
+    ``3``, ``0.5``, ``true``), and a bare word is a string. Unknown keys are refused by name."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    known = run_config_keys()
+    if not sep or key not in known:
+        raise SystemExit(f"error: -c {item!r}: unknown run-config key {key!r}; known keys: "
+                         f"{', '.join(sorted(known))}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    want = type(known[key])
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want):
+        raise SystemExit(f"error: -c {item!r}: {key} expects a {want.__name__} "
+                         f"(default {known[key]!r}), got {value!r}")
+    return key, value
+
+
 def common_overrides(args: argparse.Namespace, output: Path) -> dict[str, object]:
     values: dict[str, object] = {"output-dir": str(output), "root-dir": str(Path.cwd())}
     if args.experiment:
         values["experiment"] = str(Path(args.experiment).resolve())
-    for item in args.config or []:
-        key, _, raw = item.partition("=")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
+    values.update(parse_override(item) for item in args.config or [])
     return values
 
 

@@ -144,9 +144,22 @@ def test_simulation_matches_reference_and_leaks_nothing(tmp_path):
     _assert_matches_reference(report, tmp_path)
     _audit(audit, tmp_path)
     assert (out / "models" / "mergerec_task-wise" / "model.safetensors").is_file()
+    assert "recommendations: mergerec-model recommend --model" in run.stdout  # the next step
+    assert (out / "catalogues" / "beauty.csv").is_file()
     ledger = json.loads((out / "ledger.json").read_text())
     assert set(ledger["summary"]) == {"beauty", "sports", "pantry"}
     assert all(s["messages"]["query.info"] == 1 for s in ledger["summary"].values())
+
+
+@pytest.mark.slow
+def test_a_failed_run_exits_non_zero_with_the_reason(tmp_path):
+    yaml_path = write_tiny_yaml(tmp_path)
+    run = _launch("simulate", "--experiment", str(yaml_path), "--output", str(tmp_path / "out"),
+                  "--flwr-home", str(tmp_path / "home"), "-c", "min-silos=9",
+                  "-c", f"work-dir={tmp_path / 'silos'}")
+    assert run.returncode == 1
+    assert "run did not complete: status 'finished:failed'" in run.stderr
+    assert "at least 9 needed" in run.stdout + run.stderr  # the reason, from the run's log
 
 
 @pytest.mark.slow
@@ -220,3 +233,21 @@ def test_deployment_rerun_reuses_training_and_survives_a_vanishing_silo(deployme
         assert report["training"][silo]["reused_checkpoint"] == 1.0
         assert report["results"][f"fine-tuned on {silo}"][silo] == \
             first["results"][f"fine-tuned on {silo}"][silo]
+
+
+def test_launcher_names_bad_run_config_keys_and_values(tmp_path, capsys):
+    from coordinator.launch import main as launch, parse_override
+
+    assert parse_override("experiment='a b.yaml'") == ("experiment", "a b.yaml")
+    assert parse_override("experiment=plain") == ("experiment", "plain")  # one quoting rule
+    assert parse_override("dp-epsilon=8") == ("dp-epsilon", 8.0)
+    with pytest.raises(SystemExit, match="unknown run-config key 'sed'.*known keys: .*seed"):
+        launch(["simulate", "-c", "sed=3", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="seed expects a int"):
+        launch(["simulate", "-c", "seed=abc", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="nope.yaml: config file not found"):
+        launch(["simulate", "--experiment", str(tmp_path / "nope.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epoch: 3}\n")
+    with pytest.raises(SystemExit, match=r"train: unknown key\(s\) \['epoch'\]"):
+        launch(["simulate", "--experiment", str(bad)])

@@ -16,6 +16,8 @@ reason); the run goes on while ``min_silos`` training silos are left.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -245,6 +247,9 @@ def collect_updates(ctx: _Run) -> ModelPool:
                             update.share_weights))
         ctx.training[name] = {**update.metrics, "task_vector_norm": norms[name]}
         ctx.save(f"received/{safe_name(name)}.safetensors", update.state, silo=name)
+        if ctx.outputs is not None and update.item_texts:  # what the silo shared, as a table
+            atomic_write_text(ctx.outputs.path(f"catalogues/{safe_name(name)}.csv"),
+                              catalogue_table(update.item_texts))
     return pool
 
 
@@ -265,6 +270,16 @@ def _checked_update(ctx: _Run, name: str, payload: Payload):  # type: ignore[no-
     ctx.catalogues[name] = texts_hash(rep.item_texts) if rep.item_texts else \
         state_hash({"vectors": rep.item_vectors})[:16]  # type: ignore[dict-item]
     return rep
+
+
+def catalogue_table(texts: list[str]) -> str:
+    """A received catalogue as an item table (``item_id`` = the item's index, ``text``), the
+    format ``mergerec-model`` reads."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["item_id", "text"])
+    writer.writerows(enumerate(texts))
+    return buf.getvalue()
 
 
 def add_baselines(ctx: _Run, pool: ModelPool, extra_models: Extra | None) -> None:
