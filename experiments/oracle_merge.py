@@ -36,10 +36,10 @@ from common.backbone import resolve_base
 from common.model import TextSeqRec, model_from_state, state_hash
 from common.pipeline import PipelineConfig, local_silos
 from common.report import markdown_table, write_report
-from experiments.benchmark import TRAINING_FREE
+from common.merging import TRAINING_FREE_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_ROWS = ("zero-shot base θ₀", "in-domain fine-tuned", *TRAINING_FREE, "mergerec task-wise",
+REFERENCE_ROWS = ("zero-shot base θ₀", "in-domain fine-tuned", *TRAINING_FREE_LABELS, "mergerec task-wise",
                   "mergerec layer-wise")
 
 
@@ -112,7 +112,7 @@ def summary(report: dict) -> str:
     """The results table and how each merge fitted on real users compares with the best
     training-free merge and the in-domain models."""
     res = report["results"]
-    free = [m for m in TRAINING_FREE if m in res]
+    free = [m for m in TRAINING_FREE_LABELS if m in res]
     best_free = max(free, key=lambda m: res[m]["average"]["recall@10"])
     tf = res[best_free]["average"]["recall@10"]
     in_domain = res["in-domain fine-tuned"]["average"]["recall@10"]

@@ -52,7 +52,7 @@ from common.model import state_hash
 from common.pipeline import run_pipeline
 from common.privacy import attack_metrics, membership_scores
 from common.io import atomic_write_text
-from experiments.benchmark import TRAINING_FREE
+from experiments.benchmark import training_free
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,7 +226,7 @@ def run_stats(report: dict, headline: str) -> dict[str, float | None]:
     """The numbers one run contributes to the summary (``None`` where not applicable)."""
     spent = [t["dp_epsilon"] for t in report["training"].values() if "dp_epsilon" in t]
     attack = list(report.get("attack", {}).values())
-    free = [v for v in (_avg(report, m, "recall@10") for m in TRAINING_FREE) if v is not None]
+    free = [v for v in (_avg(report, m, "recall@10") for m in training_free(report)) if v is not None]
     ledger = list(report["ledger"].values())
     return {
         "headline_recall@10": _avg(report, headline, "recall@10"),

@@ -220,3 +220,15 @@ def test_rerun_reuses_fine_tuning_and_writes_outputs_atomically(tmp_path):
     assert config["base_hash"] == again["base_hash"] and config["kind"] == "learned"
     ledger = json.loads((out / "ledger.json").read_text())
     assert {m["kind"] for m in ledger["messages"]} == {TRAIN, QUERY, EVALUATE}
+
+
+def test_two_variants_of_one_method_coexist_and_unnamed_twins_are_refused(tmp_path):
+    merges = [{"method": "ties", "lam": 1.0, "density": 0.2},
+              {"method": "ties", "lam": 0.5, "density": 0.5, "name": "ties (dense)"}]
+    cfg = tiny_config(tmp_path, learned=[], merges=merges)
+    report = run_coordinator(cfg, _federation(tmp_path, cfg), log=lambda _: None)
+    assert report["results"]["ties"] != report["results"]["ties (dense)"]
+    with pytest.raises(ConfigError, match=r"distinct names; \['ties'\] appear more than once"):
+        tiny_config(tmp_path, merges=[merges[0], {**merges[1], "name": None}])
+    with pytest.raises(ConfigError, match="unknown merge method 'tie'"):
+        tiny_config(tmp_path, merges=[{"method": "tie"}])

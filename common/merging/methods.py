@@ -43,6 +43,10 @@ class MergeConfig:
     seed: int = 0
     name: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.method not in REGISTRY:  # the registry is complete once the module is loaded
+            raise ValueError(f"unknown merge method '{self.method}'; choose from {list(REGISTRY)}")
+
     @property
     def label(self) -> str:
         """The merge's row in the results: its ``name``, or the method's name."""
@@ -197,43 +201,86 @@ def _localize_stitch_vectors(tvs: list[StateDict], density: float, scope: str) -
     return [{n: tv[n] * masks[k][n] / count[n] for n in tv} for k, tv in enumerate(tvs)]
 
 
-METHODS = ("average", "task_arithmetic", "ties", "dare", "pcb", "localize_stitch")
-DEFAULT_LAMBDA = {"average": None, "task_arithmetic": 0.3, "ties": 1.0, "dare": 0.3, "pcb": 1.0,
-                  "localize_stitch": 1.0}
+def _task_arithmetic(tvs: list[StateDict], cfg: MergeConfig) -> tuple[list[StateDict], dict]:
+    return tvs, {}
+
+
+def _ties(tvs: list[StateDict], cfg: MergeConfig) -> tuple[list[StateDict], dict]:
+    large, small = _split_small(tvs)
+    return _joined(_ties_vectors(large, cfg.density, cfg.scope), _ties_vectors(small, 1.0, "tensor")), \
+        {"density": cfg.density, "scope": cfg.scope}
+
+
+def _dare(tvs: list[StateDict], cfg: MergeConfig) -> tuple[list[StateDict], dict]:
+    large, small = _split_small(tvs)
+    dropped = _dare_drop(large, cfg.drop_rate, cfg.rescale, cfg.seed)
+    info: dict = {"drop_rate": cfg.drop_rate, "rescale": cfg.rescale, "base": cfg.dare_base}
+    if cfg.dare_base == "ties":
+        info.update(density=cfg.density, scope=cfg.scope)
+        return _joined(_ties_vectors(dropped, cfg.density, cfg.scope),
+                       _ties_vectors(small, 1.0, "tensor")), info
+    return _joined(dropped, small), info
+
+
+def _pcb(tvs: list[StateDict], cfg: MergeConfig) -> tuple[list[StateDict], dict]:
+    large, small = _split_small(tvs)
+    return _joined(_pcb_vectors(large, cfg.density, cfg.scope), _mean_vectors(small)), \
+        {"density": cfg.density, "scope": cfg.scope}
+
+
+def _localize_stitch(tvs: list[StateDict], cfg: MergeConfig) -> tuple[list[StateDict], dict]:
+    large, small = _split_small(tvs)
+    return _joined(_localize_stitch_vectors(large, cfg.density, cfg.scope), _mean_vectors(small)), \
+        {"density": cfg.density, "scope": cfg.scope}
+
+
+def _joined(vectors: list[StateDict], small: list[StateDict]) -> list[StateDict]:
+    return [{**v, **s} for v, s in zip(vectors, small)]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One training-free merge: its name in configs, the :class:`MergeConfig` fields it reads,
+    its default λ (``None``: the weights are 1/K), where it comes from, and how it turns task
+    vectors into processed ones."""
+
+    name: str
+    params: tuple[str, ...]
+    default_lam: float | None
+    reference: str
+    process: Callable[[list[StateDict], MergeConfig], tuple[list[StateDict], dict]]
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ")
+
+
+REGISTRY: dict[str, MergeMethod] = {m.name: m for m in (
+    MergeMethod("average", (), None, "model soups / FedAvg: the mean of the fine-tuned models",
+                _task_arithmetic),
+    MergeMethod("task_arithmetic", ("lam",), 0.3, "Ilharco et al., ICLR 2023", _task_arithmetic),
+    MergeMethod("ties", ("lam", "density", "scope"), 1.0, "Yadav et al., NeurIPS 2023", _ties),
+    MergeMethod("dare", ("lam", "drop_rate", "rescale", "dare_base", "density", "scope", "seed"),
+                0.3, "Yu et al., ICML 2024", _dare),
+    MergeMethod("pcb", ("lam", "density", "scope"), 1.0, "Du et al., NeurIPS 2024", _pcb),
+    MergeMethod("localize_stitch", ("density", "scope"), 1.0, "He et al., TMLR 2025 (dataless)",
+                _localize_stitch),
+)}
+METHODS = tuple(REGISTRY)
+TRAINING_FREE_LABELS = tuple(m.label for m in REGISTRY.values())
 
 
 def build_merge(cfg: MergeConfig, base: StateDict, finetuned: list[StateDict]) -> MergeInit:
-    """Processed task vectors and initial weights for ``cfg.method``."""
-    if cfg.method not in METHODS:
+    """Processed task vectors and initial weights for ``cfg.method`` (:data:`REGISTRY`)."""
+    if cfg.method not in REGISTRY:
         raise ValueError(f"unknown merge method '{cfg.method}'; choose from {list(METHODS)}")
     if not finetuned:
         raise ValueError("merging needs at least one fine-tuned model")
+    method = REGISTRY[cfg.method]
     tvs = task_vectors(base, finetuned)
     n = len(tvs)
-    lam = cfg.lam if cfg.lam is not None else DEFAULT_LAMBDA[cfg.method]
-    info: dict[str, object] = {"lambda": lam}
-    if cfg.method == "average":
-        return MergeInit("average", tvs, [1.0 / n] * n, {"lambda": 1.0 / n})
-    if cfg.method == "task_arithmetic":
-        return MergeInit(cfg.method, tvs, [float(lam)] * n, info)  # type: ignore[arg-type]
-    large, small = _split_small(tvs)
-    if cfg.method == "ties":
-        vectors = _ties_vectors(large, cfg.density, cfg.scope)
-        small_vectors = _ties_vectors(small, 1.0, "tensor")
-    elif cfg.method == "dare":
-        dropped = _dare_drop(large, cfg.drop_rate, cfg.rescale, cfg.seed)
-        if cfg.dare_base == "ties":
-            vectors = _ties_vectors(dropped, cfg.density, cfg.scope)
-            small_vectors = _ties_vectors(small, 1.0, "tensor")
-        else:
-            vectors, small_vectors = dropped, small
-        info.update(drop_rate=cfg.drop_rate, rescale=cfg.rescale, base=cfg.dare_base)
-    elif cfg.method == "pcb":
-        vectors, small_vectors = _pcb_vectors(large, cfg.density, cfg.scope), _mean_vectors(small)
-    else:
-        vectors = _localize_stitch_vectors(large, cfg.density, cfg.scope)
-        small_vectors = _mean_vectors(small)
-    if cfg.method != "dare" or cfg.dare_base == "ties":
-        info.update(density=cfg.density, scope=cfg.scope)
-    merged = [{**v, **s} for v, s in zip(vectors, small_vectors)]
-    return MergeInit(cfg.method, merged, [float(lam)] * n, info)  # type: ignore[arg-type]
+    if method.default_lam is None:
+        return MergeInit(cfg.method, tvs, [1.0 / n] * n, {"lambda": 1.0 / n})
+    lam = float(cfg.lam if cfg.lam is not None else method.default_lam)
+    vectors, info = method.process(tvs, cfg)
+    return MergeInit(cfg.method, vectors, [lam] * n, {"lambda": lam, **info})
