@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec
-from ..privacy.accountant import calibrate_noise, dp_epsilon
+from .accountant import calibrate_noise, dp_epsilon
 from ..runtime import on_device
 from .batching import TrainBatch, make_batch, training_sequences
 from .finetune import TrainConfig, TrainResult, cpu_state, user_losses

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
-from ..privacy.accountant import DPConfig
+from .accountant import DPConfig
 from ..runtime import autocast_bf16, on_device
 from .batching import TrainBatch, bucketed_batches, training_sequences
 from .item_table import ItemTable

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from ..config import to_dict
 
 from ..data.domain import Domain
