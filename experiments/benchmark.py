@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.publish:
         image = plot(reports, out / "benchmark.png")
-        summary = {"config": Path(args.config).name,
+        first = next(iter(reports.values()))
+        summary = {"config": Path(args.config).name, "merges": first["config"]["merges"],
+                   "learned": learned_merges(first),
                    "seeds": {s: {k: r[k] for k in ("results", "targets", "training", "stages",
                                                    "total_seconds", "peak_rss_mb", "protocol")}
                              for s, r in reports.items()}}
