@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from .config import ConfigError, load_yaml, with_overrides
+from .runtime import set_progress
 from .data import (Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains,
                    subsample_users)
 from .distill import DistillConfig, LossConfig, PseudoUserConfig
@@ -229,10 +230,8 @@ def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
         fed.query_budget = int(values["query-budget"])  # type: ignore[call-overload]
     if float(values.get("dp-epsilon", 0) or 0) > 0:  # type: ignore[arg-type]
         cfg.train.dp = DPConfig(epsilon=float(values["dp-epsilon"]))  # type: ignore[arg-type]
-    if "progress" in values:  # progress bars (off in Flower logs by default)
-        cfg.train.progress = bool(values["progress"])
-        for spec in cfg.learned:
-            spec.distill.progress = bool(values["progress"])
+    if "progress" in values:  # progress bars (a display setting of this process, not the run's)
+        set_progress(bool(values["progress"]))
     if fed.catalogue not in ("text", "vectors"):
         raise ConfigError(f"run config 'catalogue' must be 'text' or 'vectors', got {fed.catalogue!r}")
     return cfg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -29,6 +30,19 @@ def bf16_matmul_is_fast(size: int = 256, min_speedup: float = 1.2) -> bool:
             return time.perf_counter() - start
 
     return timed(True) * min_speedup < timed(False)
+
+
+def show_progress() -> bool:
+    """Whether to draw progress bars: ``$MERGEREC_PROGRESS`` (``1`` / ``0``), by default only
+    on a terminal. A display setting of this process, never part of a run's configuration (so
+    nothing hashed or reproduced depends on it)."""
+    value = os.environ.get("MERGEREC_PROGRESS", "").strip()
+    return value == "1" if value in ("0", "1") else sys.stderr.isatty()
+
+
+def set_progress(on: bool) -> None:
+    """Turn progress bars on or off for this process (and the processes it starts)."""
+    os.environ["MERGEREC_PROGRESS"] = "1" if on else "0"
 
 
 def use_bf16(requested: bool) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from common.config import load_yaml, to_dict
 from common.pipeline import PipelineConfig, run_pipeline
 from common.io import atomic_write_text
+from common.runtime import set_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output).resolve()
     cfg = load_yaml(PipelineConfig, args.experiment) if args.experiment else PipelineConfig()
     cfg.joint = False  # not available in a federation; keep the three runs identical
-    cfg.train.progress = False
-    for spec in cfg.learned:
-        spec.distill.progress = False
+    set_progress(False)
     cfg.output_dir = str(out / "in-process")
     cfg.data.cache_dir = str(out / "cache")
     experiment = out / "experiment.yaml"

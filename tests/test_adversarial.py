@@ -100,7 +100,7 @@ def test_lifetime_budget_holds_across_run_ids_and_restarts(tmp_path, domain):
         _eval(_silo(tmp_path, domain, budget=budget), {"θ₀": BASE}, run_id="d")
     trainer = _silo(tmp_path / "t", domain, budget=budget)
     for run in ("a", "b"):
-        req = TrainRequest(BASE, RUN, TrainConfig(epochs=1, progress=False))
+        req = TrainRequest(BASE, RUN, TrainConfig(epochs=1))
         trainer.handle(TRAIN, encode_train_request(req), run)
         trainer.handle(QUERY, encode_query([[1], [2], [3]], None), run)  # 3 rows per run
     with pytest.raises(QueryRefused, match="6 pseudo-user rows"):

@@ -40,7 +40,7 @@ def _reply(payload: Payload):
 
 def _train(silo: Silo, run_id: str = "r1") -> Payload:
     base = build_base_model(MODEL, 0).state_dict()
-    req = encode_train_request(TrainRequest(base, RUN, TrainConfig(epochs=1, progress=False)))
+    req = encode_train_request(TrainRequest(base, RUN, TrainConfig(epochs=1)))
     return silo.handle(TRAIN, req, run_id)
 
 
@@ -96,7 +96,7 @@ def test_silo_fine_tunes_with_its_own_settings_and_reports_them(tmp_path, domain
     assert not any(k.startswith("train.") for k in ref.metrics)
     assert (rep.metrics["epochs_run"], ref.metrics["epochs_run"]) == (2.0, 1.0)  # the run asked 1
     [ckpt] = (tmp_path / "own" / "checkpoints").glob("*.safetensors")  # keyed by what it ran
-    ran = TrainConfig(epochs=2, progress=False, lr=0.01)
+    ran = TrainConfig(epochs=2, lr=0.01)
     assert ckpt == checkpoint_path(tmp_path / "own" / "checkpoints",
                                    build_base_model(MODEL, 0).state_dict(), MODEL, ran, [domain])
     with pytest.raises(ConfigError, match="silo beauty: train.batch_size: expected an integer"):
@@ -128,7 +128,7 @@ def test_eval_only_silo_evaluates_but_never_trains_or_answers(tmp_path, domain):
 def test_vectors_instead_of_text(tmp_path, domain):
     silo = Silo(SiloConfig("beauty", str(tmp_path)), lambda: domain)
     base = build_base_model(MODEL, 0).state_dict()
-    req = encode_train_request(TrainRequest(base, RUN, TrainConfig(epochs=1, progress=False),
+    req = encode_train_request(TrainRequest(base, RUN, TrainConfig(epochs=1),
                                             "vectors"))
     rep = _reply(silo.handle(TRAIN, req, "r1"))
     assert rep.item_texts is None and rep.item_vectors.shape == (domain.num_items, 64)

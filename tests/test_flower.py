@@ -45,7 +45,7 @@ def test_clientapp_handlers(tmp_path):
     model = ModelConfig(text_dim=64, hidden=16, layers=1, heads=2, max_len=8, item_hidden=32)
     req = encode_train_request(TrainRequest(build_base_model(model, 0).state_dict(),
                                             RunSettings("hashing-64", True, model),
-                                            TrainConfig(epochs=1, progress=False)))
+                                            TrainConfig(epochs=1)))
     reply = client_app(_message(to_record(req), "train"), ctx)
     assert list(reply.content["arrays"].keys()) == ["weights"]  # one packed array per model
     bad = to_record(encode_query([[0]], None))

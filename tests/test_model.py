@@ -56,7 +56,7 @@ def test_zero_out_silos_fine_tune_into_one_basin():
     domains = make_synthetic_domains(SyntheticConfig(items_per_domain=60, users_per_domain=200))
     cfg = ModelConfig(text_dim=64, hidden=16, layers=1, max_len=8, item_hidden=16,
                       branch_init="zero_out")
-    train = TrainConfig(epochs=4, batch_size=32, warmup_steps=5, patience=4, progress=False)
+    train = TrainConfig(epochs=4, batch_size=32, warmup_steps=5, patience=4)
     for dom in domains:
         model = build_base_model(cfg, seed=0)
         fine_tune(model, [dom], [HashingEncoder(64).encode(dom.item_texts)], train)

@@ -12,18 +12,17 @@ SMALL = {
     "encoder": "hashing-128",
     "model": {"hidden": 32, "layers": 1, "heads": 2, "max_len": 12, "item_hidden": 64,
               "dropout": 0.1},
-    "train": {"epochs": 12, "batch_size": 64, "lr": 3e-3, "patience": 3, "progress": False},
+    "train": {"epochs": 12, "batch_size": 64, "lr": 3e-3, "patience": 3},
     "learned": [
-        {"name": "entropy", "distill": {"steps": 60, "batch_size": 32, "lr": 0.01, "progress": False,
+        {"name": "entropy", "distill": {"steps": 60, "batch_size": 32, "lr": 0.01,
                                         "loss": {"rec_weight": 0, "kd_weight": 0, "entropy_weight": 1}}},
-        {"name": "mergerec task-wise", "distill": {"steps": 60, "batch_size": 32, "lr": 0.01,
-                                                   "progress": False}},
+        {"name": "mergerec task-wise", "distill": {"steps": 60, "batch_size": 32, "lr": 0.01}},
         {"name": "mergerec layer-wise", "distill": {"steps": 60, "batch_size": 32, "lr": 0.01,
-                                                    "granularity": "layer", "progress": False},
+                                                    "granularity": "layer"},
          "pseudo_users": {"kind": "walk", "walk_length": 2}, "teacher_topk": 20},
     ],
     "id_baseline": {"hidden": 32, "max_len": 12, "dropout": 0.2, "epochs": 10, "batch_size": 64,
-                    "lr": 3e-3, "patience": 3, "progress": False},
+                    "lr": 3e-3, "patience": 3},
 }
 
 

@@ -59,7 +59,7 @@ def test_dp_fine_tuning_spends_at_most_its_budget_and_is_kept_with_its_epsilon(
         tmp_path, domain_and_features):
     dom, feats = domain_and_features
     base = build_base_model(MODEL, 0).state_dict()
-    cfg = TrainConfig(epochs=2, batch_size=16, progress=False, dp=DPConfig(epsilon=4.0))
+    cfg = TrainConfig(epochs=2, batch_size=16, dp=DPConfig(epsilon=4.0))
     state, stats = fine_tune_cached(base, MODEL, [dom], [feats], cfg, tmp_path)
     assert 0 < stats["dp_epsilon"] <= 4.0 and stats["dp_delta"] == pytest.approx(1 / 60)
     assert stats["dp_steps"] == 2 * round(60 / 16) and stats["dp_noise_multiplier"] > 0.3
@@ -76,7 +76,7 @@ def test_dp_fine_tuning_spends_at_most_its_budget_and_is_kept_with_its_epsilon(
 
 def _train(silo: Silo, dp: DPConfig | None, run_id: str) -> None:
     req = TrainRequest(build_base_model(MODEL, 0).state_dict(), RunSettings("hashing-64", True, MODEL),
-                       TrainConfig(epochs=1, batch_size=16, progress=False, dp=dp))
+                       TrainConfig(epochs=1, batch_size=16, dp=dp))
     silo.handle(TRAIN, encode_train_request(req), run_id)
 
 
@@ -108,7 +108,7 @@ def test_attack_detects_an_overfit_non_private_model(tmp_path, domain_and_featur
     dom, feats = domain_and_features
     members, held_out = hold_out_users(dom, 0.5, seed=1)
     base = build_base_model(MODEL, 0).state_dict()
-    cfg = TrainConfig(epochs=60, batch_size=8, lr=0.01, patience=60, progress=False)
+    cfg = TrainConfig(epochs=60, batch_size=8, lr=0.01, patience=60)
     state, _ = fine_tune_cached(base, MODEL, [members], [feats], cfg)
     result = attack_metrics(membership_scores(state, base, MODEL, members, feats),
                             membership_scores(state, base, MODEL, held_out, feats))

@@ -43,7 +43,7 @@ def test_real_domain_train_and_evaluate(pantry, tmp_path):
     model = build_base_model(ModelConfig(text_dim=128, hidden=32, layers=1, max_len=20), 0)
     cfg = EvalConfig(ks=(10, 50))
     before = evaluate_model(model, dom, feats, cfg).metrics
-    result = fine_tune(model, [dom], [feats], TrainConfig(epochs=2, batch_size=128, progress=False))
+    result = fine_tune(model, [dom], [feats], TrainConfig(epochs=2, batch_size=128))
     after = evaluate_model(model, dom, feats, cfg).metrics
     for m in (before, after, evaluate_popularity(dom, cfg).metrics):
         assert all(0.0 <= v <= 1.0 for v in m.values())

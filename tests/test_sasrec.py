@@ -8,8 +8,7 @@ from common.evaluation import EvalConfig, evaluate_popularity
 from common.model.sasrec import SASRec, SASRecConfig
 from common.training.id_baseline import evaluate_sasrec, train_sasrec
 
-SMALL = dict(hidden=32, heads=1, max_len=10, dropout=0.1, batch_size=64, lr=3e-3, patience=3,
-             progress=False)
+SMALL = dict(hidden=32, heads=1, max_len=10, dropout=0.1, batch_size=64, lr=3e-3, patience=3)
 
 
 def successor_domain(items: int = 40, users: int = 300, length: int = 7, seed: int = 0) -> Domain:

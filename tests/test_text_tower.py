@@ -77,7 +77,7 @@ def test_encoder_layers_are_fine_tuned(tiny_setup, rows, loss):
     model = base_model(cfg, encoder, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train = TrainConfig(epochs=2, batch_size=32, warmup_steps=2, patience=2, text_lr=1e-3,
-                        text_rows=rows, loss=loss, text_refresh_steps=2, progress=False)
+                        text_rows=rows, loss=loss, text_refresh_steps=2)
     result = fine_tune(model, [domains[0]], [inputs[0]], train)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history[1:])
     moved = [k for k in before if k.startswith("text_tower.") and not torch.equal(before[k], result.state_dict[k])]
@@ -87,7 +87,7 @@ def test_encoder_layers_are_fine_tuned(tiny_setup, rows, loss):
 def test_encoder_layers_are_merged_learned_and_evaluated(tiny_setup):
     encoder, cfg, domains, inputs = tiny_setup
     base = base_model(cfg, encoder, seed=0).state_dict()
-    train = TrainConfig(epochs=1, batch_size=32, warmup_steps=2, text_lr=1e-3, progress=False)
+    train = TrainConfig(epochs=1, batch_size=32, warmup_steps=2, text_lr=1e-3)
     finetuned = []
     for d, x in zip(domains, inputs):
         model = model_from_state(cfg, base)
@@ -102,7 +102,7 @@ def test_encoder_layers_are_merged_learned_and_evaluated(tiny_setup):
         pseudo.append(DomainPseudoData(d.name, x, seqs,
                                        teacher_scores(model_from_state(cfg, state), x, seqs)))
     learned = learn_merge_weights(TextSeqRec(cfg), base, build_merge(MergeConfig(), base, finetuned),
-                                  pseudo, DistillConfig(granularity="layer", steps=5, progress=False))
+                                  pseudo, DistillConfig(granularity="layer", steps=5))
     assert {"text_tower.layer0", "text_tower.layer1"} <= set(learned.weights)
     metrics = evaluate_model(model_from_state(cfg, learned.state_dict), domains[0], inputs[0],
                              EvalConfig(ks=(10,))).metrics
@@ -113,7 +113,7 @@ def test_dp_fine_tuning_keeps_the_encoder_layers_at_theta0(tiny_setup):
     encoder, cfg, domains, inputs = tiny_setup
     model = base_model(cfg, encoder, seed=0)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    train = TrainConfig(epochs=1, batch_size=32, progress=False, dp=DPConfig(epsilon=8.0))
+    train = TrainConfig(epochs=1, batch_size=32, dp=DPConfig(epsilon=8.0))
     result = dp_fine_tune(model, domains[0], inputs[0], train)
     assert result.privacy["dp_epsilon"] <= 8.0 + 1e-6
     text = [k for k in base if k.startswith("text_tower.")]

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..merging.learned import Granularity, LearnedMerge
 from ..merging.methods import MergeInit, StateDict
 from ..model.recommender import ItemInputs, TextSeqRec, history_multi_hot, pad_sequences
-from ..runtime import compute_device
+from ..runtime import compute_device, show_progress
 from .losses import LossConfig, merge_loss
 from .teacher import TeacherSignal
 
@@ -44,7 +44,6 @@ class DistillConfig:
     domain_sampling: Literal["proportional", "equal"] = "proportional"
     student_dropout: bool = False
     seed: int = 0
-    progress: bool = True
 
 
 @dataclass
@@ -105,7 +104,7 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"learn {cfg.granularity}-wise weights",
-               disable=not cfg.progress, leave=False)
+               disable=not show_progress(), leave=False)
     for step in bar:
         params = merge.merged_state()
         if cfg.item_table == "differentiable":

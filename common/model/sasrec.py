@@ -31,7 +31,6 @@ class SASRecConfig:
     patience: int = 10
     val_max_users: int | None = None
     seed: int = 0
-    progress: bool = True
 
 
 class SASRec(nn.Module):

@@ -25,7 +25,7 @@ StateDict = dict[str, torch.Tensor]
 def training_key(base: StateDict, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  domains: list[Domain]) -> str:
     """Identifies a fine-tuning run: θ₀ hash, configs and the training data's catalogue."""
-    train = {k: v for k, v in to_dict(train_cfg).items() if k != "progress"}  # display only
+    train = to_dict(train_cfg)
     payload = json.dumps([state_hash(base), to_dict(model_cfg), train,
                           [(d.name, d.catalogue_hash(), d.num_users) for d in domains]],
                          sort_keys=True, default=str)

@@ -26,7 +26,7 @@ from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec
 from .accountant import calibrate_noise, dp_epsilon
-from ..runtime import on_device
+from ..runtime import on_device, show_progress
 from .batching import TrainBatch, make_batch, training_sequences
 from .finetune import TrainConfig, TrainResult, cpu_state, user_losses
 
@@ -106,7 +106,7 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: ItemInputs, cfg: T
             model.train()
             clipped_share = []
             bar = tqdm(range(steps), desc=f"DP fine-tune {domain.name}",
-                       disable=not cfg.progress, leave=False)
+                       disable=not show_progress(), leave=False)
             for _ in bar:
                 picked = (torch.rand(n, generator=gen) < q).nonzero().flatten().tolist()
                 if picked:

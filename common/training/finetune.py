@@ -14,7 +14,7 @@ from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
 from .accountant import DPConfig
-from ..runtime import autocast_bf16, on_device
+from ..runtime import autocast_bf16, on_device, show_progress
 from .batching import TrainBatch, bucketed_batches, training_sequences
 from .item_table import ItemTable
 from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy, unit_normalize
@@ -47,7 +47,6 @@ class TrainConfig:
     val_max_users: int | None = None
     bf16: bool = True
     seed: int = 0
-    progress: bool = True
     dp: DPConfig | None = None
 
 
@@ -127,7 +126,6 @@ class Schedule:
     warmup_steps: int
     patience: int
     seed: int
-    progress: bool
 
 
 def train_epochs(model: torch.nn.Module, per_domain: list[list[list[int]]], max_len: int,
@@ -149,7 +147,7 @@ def train_epochs(model: torch.nn.Module, per_domain: list[list[list[int]]], max_
     best_val, best_epoch = validate(), 0
     best_state = cpu_state(model)
     history = [{"epoch": 0, "loss": float("nan"), "val_ndcg@10": best_val}]
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=not cfg.progress, leave=False)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=not show_progress(), leave=False)
     for epoch in bar:
         model.train()
         total, count = 0.0, 0
@@ -223,4 +221,4 @@ def param_groups(model: torch.nn.Module, lr: float, lr_of: dict[str, float]) -> 
 def schedule_of(cfg: TrainConfig) -> Schedule:
     """The loop settings of a fine-tuning config."""
     return Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_steps,
-                    cfg.patience, cfg.seed, cfg.progress)
+                    cfg.patience, cfg.seed)

@@ -28,7 +28,7 @@ def sasrec_cached(domain: Domain, cfg: SASRecConfig, checkpoint_dir: str | Path 
     training stats."""
     path = None
     if checkpoint_dir is not None:
-        key = json.dumps([to_dict(cfg) | {"progress": None}, domain.catalogue_hash(),
+        key = json.dumps([to_dict(cfg), domain.catalogue_hash(),
                           domain.num_users, sum(len(s) for s in domain.train)], sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = Path(checkpoint_dir) / f"sasrec-{domain.name}-{digest}.safetensors"
@@ -64,7 +64,7 @@ def train_sasrec(domain: Domain, cfg: SASRecConfig) -> tuple[SASRec, TrainResult
             return evaluate_sasrec(model, domain, val_cfg).metrics["ndcg@10"]
 
         schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, 0,
-                            cfg.patience, cfg.seed, cfg.progress)
+                            cfg.patience, cfg.seed)
         result = train_epochs(model, per_domain, cfg.max_len, step_loss, validate, schedule,
                               device, f"SASRec {domain.name}")
     return model.eval(), result
