@@ -1,23 +1,44 @@
-# Executor image for the ServerApp (coordinator) and the ClientApps (silos): Flower's SuperExec
-# with this project and its dependencies baked in, so runs need no runtime installation.
-ARG FLWR_VERSION=1.42.0
-FROM flwr/superexec:${FLWR_VERSION}
+# One project image for every role of the Docker deployment: Flower's SuperLink, SuperNodes and
+# SuperExec executors (all in the `flwr` package), the Fleet gateway (Debian's nginx), and the
+# one-shot steps (certificates, synthetic silo data, registration and submission of the run).
+#
+#   docker compose build                                   # online: public base image and PyPI
+#   deploy/prepare-offline.sh && BASE_IMAGE=mergerec-base:bookworm PIP_SOURCE=wheelhouse docker compose build
+#                                                          # offline: a local Debian base + a wheelhouse
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG PIP_SOURCE=index
 
-WORKDIR /app
-# CPU build of torch first (the default index would pull a multi-GB CUDA build).
-RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
-COPY --chown=app:app pyproject.toml README.md ./
-COPY --chown=app:app common ./common
-COPY --chown=app:app silos ./silos
-COPY --chown=app:app coordinator ./coordinator
-COPY --chown=app:app experiments ./experiments
-RUN python -m pip install --no-cache-dir . \
-    && python -c "import common, silos.client_app, coordinator.server_app"
-USER root
-RUN mkdir -p /work /app/results && chown app:app /work /app/results   # silo and coordinator volumes
-USER app
-ENV FLWR_TELEMETRY_ENABLED=0 \
+# A debootstrap base has no Python: take Debian's (3.11 on bookworm, the wheelhouse's version).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates nginx-light \
+    && if ! command -v python3 >/dev/null; then \
+         apt-get install -y --no-install-recommends python3 python3-venv; fi \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv \
+    && useradd --create-home --uid 1000 app
+ENV PATH=/opt/venv/bin:$PATH \
+    FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
-ENTRYPOINT ["flower-superexec"]
+    TRANSFORMERS_OFFLINE=1 \
+    PYTHONUNBUFFERED=1
+
+WORKDIR /app
+COPY deploy/wheelhouse/ /wheelhouse/
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY silos ./silos
+COPY coordinator ./coordinator
+COPY experiments ./experiments
+# online: the CPU build of torch from its own index (PyPI's default is a multi-GB CUDA build)
+RUN if [ "$PIP_SOURCE" = wheelhouse ]; then \
+         pip install --no-cache-dir --no-index --find-links /wheelhouse . ; \
+    else \
+         pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . ; \
+    fi \
+    && rm -rf /wheelhouse \
+    && python -c "import common, silos.client_app, coordinator.server_app, torch; assert '+cpu' in torch.__version__" \
+    && mkdir -p /data /work /results /state \
+    && chown app:app /app /data /work /results /state
+USER app

@@ -152,9 +152,11 @@ def run_status(run_id: str, conn: str, env: dict[str, str]) -> str:
 
 
 def submit_and_follow(conn: str, overrides: Path, env: dict[str, str], timeout_s: float,
-                      federation_config: str | None = None, on_tick=None) -> tuple[str, str]:
-    """Submit the run, stream its log, wait for a final status; returns (run id, status)."""
-    cmd = [_bin("flwr"), "run", str(PROJECT), conn, "--format", "json", "-c", str(overrides)]
+                      federation_config: str | None = None, on_tick=None,
+                      project: Path = PROJECT) -> tuple[str, str]:
+    """Submit the run of the app in ``project``, stream its log, wait for a final status;
+    returns (run id, status)."""
+    cmd = [_bin("flwr"), "run", str(project), conn, "--format", "json", "-c", str(overrides)]
     if federation_config:
         cmd += ["--federation-config", federation_config]
     for attempt in range(1, START_ATTEMPTS + 1):
@@ -170,7 +172,7 @@ def submit_and_follow(conn: str, overrides: Path, env: dict[str, str], timeout_s
             raise RuntimeError(f"flwr run did not start a run:\n{out.stdout}\n{out.stderr}") from None
     print(f"run {run_id} submitted to '{conn}'", flush=True)
     follower = subprocess.Popen([_bin("flwr"), "log", run_id, conn, "--stream"], env=env,
-                                cwd=PROJECT)
+                                cwd=project)
     deadline = time.monotonic() + timeout_s
     status, last_poll = "unknown", time.monotonic()
     try:
