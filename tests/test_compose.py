@@ -1,10 +1,10 @@
-"""Static checks of the Docker deployment (no Docker engine on these machines): data isolation
-of the mounts, flags accepted by flwr 1.42 and shared with the loopback deployment, pinned
-images, Fleet-only exposure, the TLS + SuperNode-auth overlay and the certificate script."""
+"""Static checks of the Docker deployment, for what the live run (test_compose_live.py) cannot
+see: one project image, data isolation of the mounts, flags accepted by flwr 1.42, TLS and
+SuperNode authentication by default, the CA key in no service, the Fleet-only gateway, the PKI."""
 
+import os
 import re
-import shlex
-import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,25 +12,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.launch import SiloSpec, superlink_args, supernode_args
+from coordinator.gateway import nginx_conf
+from coordinator.pki import make_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-TLS = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())
-SILOS = ("beauty", "pantry", "sports")
+PLAIN = yaml.safe_load((ROOT / "docker-compose.plain.yml").read_text())
+AMAZON = yaml.safe_load((ROOT / "docker-compose.amazon.yml").read_text())
+SILOS = ("beauty", "sports", "pantry")
 BIN = Path(sys.executable).parent
 
 
-def _svc(name: str, overlay: bool = False) -> dict:
+def _svc(name: str, overlay: dict | None = None) -> dict:
     svc = dict(BASE["services"][name])
-    if overlay and name in TLS["services"]:
-        svc.update({k: v for k, v in TLS["services"][name].items() if k != "volumes"})
-        svc["volumes"] = svc.get("volumes", []) + TLS["services"][name].get("volumes", [])
+    if overlay and name in overlay["services"]:
+        svc.update(overlay["services"][name])
     return svc
 
 
-def _flags(cmd: list[str]) -> set[str]:
-    return {c for c in cmd if c.startswith("--")}
+def _program(cmd: list[str]) -> list[str]:
+    """The service's program: what follows ``until-done ... --`` if wrapped."""
+    return cmd[cmd.index("--") + 1:] if "until-done" in cmd else cmd
 
 
 def _help_flags(binary: str) -> set[str]:
@@ -38,128 +40,122 @@ def _help_flags(binary: str) -> set[str]:
     return set(re.findall(r"(--[a-z][a-z0-9-]+)", out))
 
 
-def _mount(volume: str) -> tuple[str, str]:
-    """(source, target) of a short-syntax volume; the source may hold ${VAR:-default}."""
-    spec = volume[:-3] if volume.endswith((":ro", ":rw")) else volume
-    src, dst = spec.rsplit(":", 1)
-    return src, dst
+def _volume(spec: str) -> tuple[str, str, bool]:
+    """(source, target, read-only) of a short-syntax volume; the source may hold ${VAR:?...}."""
+    ro = spec.endswith(":ro")
+    rest = spec[:-3] if spec.endswith((":ro", ":rw")) else spec
+    source, target = rest.rsplit(":", 1)
+    return source, target, ro
 
 
-def test_services_and_pinned_images():
-    expected = {"superlink", "fleet-gateway", "superexec-serverapp"}
-    expected |= {f"supernode-{s}" for s in SILOS} | {f"superexec-clientapp-{s}" for s in SILOS}
-    assert set(BASE["services"]) == expected
-    for name in expected:
-        svc = _svc(name)
-        image = svc.get("image", "")
-        assert re.search(r":\d+\.\d+\.\d+", image), f"{name}: image '{image}' is not pinned"
-        assert not image.endswith(":latest")
+def test_one_project_image_built_from_the_projects_files():
+    for name, svc in BASE["services"].items():
+        assert svc["image"] == "mergerec:0.2" and svc["pull_policy"] == "never", name
+    assert set(BASE["services"]["pki"]["build"]["args"]) == {"BASE_IMAGE", "PIP_SOURCE"}
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "ARG FLWR_VERSION=1.42.0" in dockerfile and "FROM flwr/superexec:${FLWR_VERSION}" in dockerfile
-    assert "torch==2.13.0" in dockerfile and "download.pytorch.org/whl/cpu" in dockerfile
-    assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in dockerfile
+    assert "ARG BASE_IMAGE=" in dockerfile and "ARG PIP_SOURCE=index" in dockerfile
+    assert "--no-index --find-links /wheelhouse" in dockerfile
+    assert "download.pytorch.org/whl/cpu" in dockerfile and "'+cpu' in torch.__version__" in dockerfile
+    assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in dockerfile and "USER app" in dockerfile
 
 
-@pytest.mark.parametrize("overlay", [False, True])
-def test_each_silo_mounts_only_its_own_data(overlay):
+@pytest.mark.parametrize("overlay", [None, PLAIN, AMAZON])
+def test_each_silo_data_is_mounted_read_only_into_its_own_executor_only(overlay):
     for name in BASE["services"]:
         svc = _svc(name, overlay)
-        data = [_mount(v) for v in svc.get("volumes", []) if _mount(v)[1].startswith("/data")]
-        if name.startswith("superexec-clientapp-"):
-            silo = name.rsplit("-", 1)[1]
-            assert len(data) == 1, f"{name} mounts {data}"
-            src, dst = data[0]
-            assert silo.title() in src and all(o.title() not in src for o in SILOS if o != silo)
-            assert any(v.endswith(":ro") for v in svc["volumes"] if dst in v), "data must be read-only"
-            node = " ".join(_svc(f"supernode-{silo}", overlay)["command"])
-            assert f"data-dir='{dst}'" in node
-            assert svc["networks"] == [f"silo-{silo}"], "a silo's executor talks to its SuperNode only"
-        else:
-            assert not data, f"{name} mounts silo data {data}"
-            assert not any(s.title() in v for s in SILOS for v in svc.get("volumes", [])
-                           if "supernodes/" not in v), name
+        for spec in svc.get("volumes", []):
+            source, target, ro = _volume(spec)
+            owner = next((s for s in SILOS if s in source.lower() and ("data" in source.lower()
+                                                                      or ".tar.gz" in source)), None)
+            if owner is None or source.startswith("pki-"):
+                continue
+            assert name in (f"superexec-clientapp-{owner}", f"data-{owner}"), f"{name} mounts {spec}"
+            if name.startswith("superexec-clientapp-"):
+                assert ro and target.startswith("/data"), spec
+    for silo in SILOS:
+        executor = _svc(f"superexec-clientapp-{silo}")
+        assert executor["network_mode"] == f"service:supernode-{silo}"
+        node = _program(_svc(f"supernode-{silo}")["command"])
+        assert node[node.index("--host") + 1] == "127.0.0.1"  # its Runtime API: its executor only
+        assert executor["command"][-1] == "127.0.0.1:9094"
 
 
-@pytest.mark.parametrize("overlay", [False, True])
+@pytest.mark.parametrize("overlay", [None, PLAIN, AMAZON])
 def test_flags_are_accepted_by_flwr_1_42(overlay):
-    accepted = {"flwr/superlink": _help_flags("flower-superlink"),
-                "flwr/supernode": _help_flags("flower-supernode"),
-                "mergerec-executor": _help_flags("flower-superexec")}
-    deprecated = {"--fleet-api-address", "--control-api-address", "--serverappio-api-address",
-                  "--clientappio-api-address", "--auth-list-public-keys",
-                  "--auth-supernode-public-key", "--allow-runtime-dependency-installation"}
+    accepted = {b: _help_flags(b) for b in ("flower-superlink", "flower-supernode", "flower-superexec")}
     for name in BASE["services"]:
-        svc = _svc(name, overlay)
-        kind = next((k for k in accepted if svc.get("image", "").startswith(k)), None)
-        if kind is None:
-            continue  # the nginx gateway
-        flags = _flags(svc["command"])
-        assert flags <= accepted[kind], f"{name}: unknown flags {flags - accepted[kind]}"
-        assert not flags & deprecated, f"{name}: deprecated flags {flags & deprecated}"
+        cmd = _program(_svc(name, overlay)["command"])
+        if cmd[0] in accepted:
+            flags = {c for c in cmd if c.startswith("--")}
+            assert flags <= accepted[cmd[0]], f"{name}: unknown flags {flags - accepted[cmd[0]]}"
 
 
-def test_same_flags_and_node_config_as_the_loopback_deployment():
-    loopback_link = _flags(superlink_args("state.db", 8000))
-    link = _svc("superlink")["command"]
-    assert loopback_link <= _flags(link)
-    assert "--isolation" in link and link[link.index("--isolation") + 1] == "process"
-    db = link[link.index("--database") + 1]
-    assert any(_mount(v)[1] == "/app/" + db.split("/")[0] for v in _svc("superlink")["volumes"]), \
-        "SuperLink state must live on a volume"
-    spec_keys = set(re.findall(r"([a-z-]+)=", SiloSpec("x", ".").node_config(Path("/w"))))
-    for silo in SILOS:
-        cmd = _svc(f"supernode-{silo}")["command"]
-        assert _flags(supernode_args("a:1", 2, "x")) <= _flags(cmd)
-        node_config = cmd[cmd.index("--node-config") + 1]
-        assert set(re.findall(r"([a-z-]+)=", node_config)) == spec_keys
-        assert f"silo='{silo.title()}'" in node_config
-        assert cmd[cmd.index("--superlink") + 1].endswith("fleet-gateway:9092}")
-        assert "--isolation" in cmd and cmd[cmd.index("--isolation") + 1] == "process"
-        exec_cmd = _svc(f"superexec-clientapp-{silo}")["command"]
-        assert exec_cmd[exec_cmd.index("--runtime-api-address") + 1] == f"supernode-{silo}:9094"
-
-
-def test_only_the_fleet_api_is_exposed_to_silos():
-    link_ports = _svc("superlink")["ports"]
-    assert all(p.startswith("127.0.0.1:") for p in link_ports), "Control API must stay on the host"
-    assert _svc("fleet-gateway")["ports"] == ["9092:9092"]
-    for silo in SILOS:
-        assert "coordinator" not in _svc(f"supernode-{silo}")["networks"]
-    for conf in ("fleet-gateway.conf", "fleet-gateway-tls.conf"):
-        text = (ROOT / "deploy" / conf).read_text()
-        locations = re.findall(r"location\s+(\S+)\s*\{([^}]*)\}", text)
-        assert [loc for loc, _ in locations] == ["/v1/fleet/", "/"]
-        assert "proxy_pass" in locations[0][1] and "return 403" in locations[1][1]
-
-
-def test_tls_overlay_authenticates_supernodes():
-    link = _svc("superlink", overlay=True)["command"]
+def test_tls_and_supernode_authentication_by_default_plain_only_by_opt_in():
+    link = _program(_svc("superlink")["command"])
     assert "--insecure" not in link and "--enable-supernode-auth" in link
     assert {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"} <= set(link)
     for silo in SILOS:
-        svc = _svc(f"supernode-{silo}", overlay=True)
-        cmd = svc["command"]
-        assert "--insecure" not in cmd
-        assert {"--root-certificates", "--auth-supernode-private-key"} <= set(cmd)
-        keys = [v for v in svc["volumes"] if "supernodes/" in v]
-        assert keys == [f"./deploy/certs/supernodes/{silo}:/app/keys/supernode:ro"]
+        for overlay in (None, AMAZON):
+            node = _program(_svc(f"supernode-{silo}", overlay)["command"])
+            assert "--insecure" not in node
+            assert {"--root-certificates", "--auth-supernode-private-key"} <= set(node)
+        assert "--insecure" in _program(_svc(f"supernode-{silo}", PLAIN)["command"])
+    assert "--insecure" in _program(_svc("superlink", PLAIN)["command"])
 
 
-@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("ssh-keygen")),
-                    reason="needs openssl and ssh-keygen")
-def test_certificate_script(tmp_path):
-    out = tmp_path / "certs"
-    run = subprocess.run(["bash", str(ROOT / "deploy" / "generate-certs.sh"), str(out), "beauty"],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin",
-                                                              "EXTRA_SANS": "DNS:coord.example"})
-    assert run.returncode == 0, run.stderr
-    link = out / "superlink"
-    verify = subprocess.run(["openssl", "verify", "-CAfile", str(link / "ca.crt"),
-                             str(link / "server.pem")], capture_output=True, text=True)
-    assert verify.returncode == 0 and "OK" in verify.stdout
-    text = subprocess.run(["openssl", "x509", "-in", str(link / "server.pem"), "-noout", "-text"],
-                          capture_output=True, text=True).stdout
-    for san in ("DNS:superlink", "DNS:fleet-gateway", "DNS:coord.example", "IP Address:127.0.0.1"):
-        assert san in text
-    pub = (out / "supernodes" / "beauty.pub").read_text()
-    assert pub.startswith("ecdsa-sha2-nistp384 ") and shlex.split(pub)[-1] == "beauty"
+def test_the_ca_key_is_in_no_service_and_keys_go_only_where_needed():
+    for name, svc in BASE["services"].items():
+        sources = [_volume(v)[0] for v in svc.get("volumes", [])]
+        if "pki-ca" in sources:
+            assert name == "pki", f"{name} mounts the CA key's volume"
+        for silo in SILOS:
+            if f"pki-supernode-{silo}" in sources:
+                assert name in ("pki", f"supernode-{silo}"), f"{name} holds {silo}'s SuperNode key"
+        if "pki-superlink" in sources:
+            assert name in ("pki", "superlink", "fleet-gateway"), f"{name} holds the server key"
+
+
+def test_only_the_fleet_api_reaches_the_silos():
+    assert not any("ports" in svc for svc in BASE["services"].values()), \
+        "nothing is published: the job's traffic stays on the compose networks"
+    for silo in SILOS:
+        assert _svc(f"supernode-{silo}")["networks"] == ["fleet"]
+    assert _svc("superlink")["networks"] == ["coordinator"]
+    assert set(_svc("fleet-gateway")["networks"]) == {"coordinator", "fleet"}
+    for tls in (True, False):
+        conf = nginx_conf(tls)
+        locations = re.findall(r"location\s+(\S+)\s*\{([^}]*)\}", conf)
+        assert [loc for loc, _ in locations] == ["/v1/fleet/", "/"]
+        assert "proxy_pass" in locations[0][1] and "return 403" in locations[1][1]
+        assert "client_max_body_size 64m;" in conf
+        assert ("ssl_certificate" in conf) == tls and ("proxy_ssl_verify on" in conf) == tls
+
+
+def test_pki_keys_are_private_and_the_certificate_verifies(tmp_path):
+    make_pki(tmp_path, ["beauty"], ["DNS:superlink", "DNS:fleet-gateway", "DNS:coord.example"])
+    for key in ("ca/ca.key", "superlink/server.key", "supernode-beauty/supernode"):
+        assert stat.S_IMODE(os.stat(tmp_path / key).st_mode) == 0o600, key
+    assert not (tmp_path / "superlink" / "ca.key").exists()
+    from cryptography import x509
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "superlink" / "server.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "coord.example" in sans.get_values_for_type(x509.DNSName)
+    pub = (tmp_path / "public" / "beauty.pub").read_text()
+    assert pub.startswith("ecdsa-sha2-nistp384 ") and pub.split()[-1] == "beauty"
+    first = (tmp_path / "ca" / "ca.key").read_bytes()
+    make_pki(tmp_path, ["beauty", "sports"], ["DNS:superlink"])  # adds a silo, keeps the CA
+    assert (tmp_path / "ca" / "ca.key").read_bytes() == first
+    assert (tmp_path / "public" / "sports.pub").is_file()
+
+
+def test_node_config_keys_are_ones_the_silo_reads():
+    from silos.client_app import BUDGET_KEYS, EVAL_KEYS, POLICY_KEYS
+    known = {"silo", "data-dir", "format", "work-dir", "eval-only", "audit-dir", "encoder-dir",
+             "eval-ks", *POLICY_KEYS, *BUDGET_KEYS, *EVAL_KEYS}
+    for overlay in (None, AMAZON):
+        for silo in SILOS:
+            cmd = _program(_svc(f"supernode-{silo}", overlay)["command"])
+            config = cmd[cmd.index("--node-config") + 1]
+            assert set(re.findall(r"([a-z-]+)=", config)) <= known
