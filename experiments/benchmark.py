@@ -1,6 +1,6 @@
 """Reference-pipeline benchmark on real Amazon domains.
 
-    python -m experiments.benchmark [--config experiments/configs/amazon3.yaml] [--seeds 0 1]
+    python -m experiments.benchmark [--config experiments/configs/pipelines/amazon3.yaml] [--seeds 0 1]
                                     [--output DIR] [--publish NAME]
 
 Runs every method of the core library (popularity, zero-shot θ₀, the ID-based SASRec of each
@@ -206,7 +206,7 @@ def combined_markdown(config: str, reports: dict[int, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "experiments/configs/amazon3.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "experiments/configs/pipelines/amazon3.yaml"))
     parser.add_argument("--output", help="results folder (default results/benchmark/<config name>)")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/amazon"),
                         help="folder with <Domain>.tar.gz (default: ../shared/data/amazon)")

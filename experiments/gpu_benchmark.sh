@@ -2,7 +2,7 @@
 # The full-size benchmark of the paper's setting (whole encoder fine-tuned) on a CUDA GPU:
 #   experiments/gpu_benchmark.sh [SEED ...]        (default seeds: 0 1)
 # Where torch sees no GPU it says so and exits 0 without running: the CPU benchmark is
-# experiments/configs/benchmark.yaml.
+# experiments/configs/pipelines/benchmark.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -11,5 +11,5 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 
 fi
 seeds=("$@"); [ ${#seeds[@]} -eq 0 ] && seeds=(0 1)
 MERGEREC_DEVICE=cuda python -m experiments.benchmark \
-  --config experiments/configs/gpu-full-encoder.yaml --seeds "${seeds[@]}" \
+  --config experiments/configs/pipelines/gpu-full-encoder.yaml --seeds "${seeds[@]}" \
   --publish benchmark-gpu-full-encoder

@@ -52,7 +52,7 @@ print(json.dumps({"requests": n, "clients": clients, "ok": sum(s == 200 for _, s
 
 
 def make_package(folder: Path) -> Path:
-    cfg = load_yaml(PipelineConfig, ROOT / "experiments/configs/amazon3.yaml")
+    cfg = load_yaml(PipelineConfig, ROOT / "experiments/configs/pipelines/amazon3.yaml")
     encoder = make_encoder(cfg.encoder)
     model_cfg = model_config_for(cfg.model, encoder)
     state = base_model(model_cfg, encoder, 0).state_dict()

@@ -1,8 +1,8 @@
 """``mergerec-experiment``: run a named experiment (a YAML file) over settings × seeds, then
 write a results folder with tables (mean ± std over seeds) and PNG plots.
 
-    mergerec-experiment experiments/configs/dp.yaml [--mode simulation|in-process] [--report-only]
-                        [--seeds 0 1] [--output DIR]
+    mergerec-experiment experiments/configs/experiments/dp.yaml [--mode simulation|in-process] [--report-only]
+                        [--seeds 0 1] [--silo-dir DIR] [--output DIR]
 
 An experiment YAML::
 
@@ -16,7 +16,7 @@ An experiment YAML::
       - {label: "ε=8", set: {train: {dp: {epsilon: 8}}}, epsilon: 8}
     attack: true                      # membership inference per silo (needs data.holdout_fraction)
     headline: mergerec task-wise      # the method the summary and plots follow
-    silo_dir: ../../results/benchmark/silos  # optional (relative to this file): reuse another
+    silo_dir: ../../../results/benchmark/amazon3/seed0/silos  # optional (relative to this file): reuse another
                                       # run's silo work (checkpoints); default results/<name>/silos
     extends: other.yaml               # optional: another experiment YAML this one changes
 
@@ -359,7 +359,8 @@ def plot(exp: ExperimentConfig, runs: dict[str, dict[int, dict]], summary: dict,
 
 
 def run_experiment(path: Path, mode: str = "simulation", report_only: bool = False,
-                   output: Path | None = None, seeds: list[int] | None = None) -> Path:
+                   output: Path | None = None, seeds: list[int] | None = None,
+                   silo_dir: Path | None = None) -> Path:
     """Run (or resume) every setting × seed, then write the report; returns the results folder.
 
     Seed-major order: every setting once before the next seed, so an interrupted experiment
@@ -369,6 +370,8 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
     exp, base = load_experiment(path)
     if seeds is not None:
         exp.seeds = seeds
+    if silo_dir is not None:  # e.g. another seed's benchmark checkpoints
+        exp.silo_dir = str(silo_dir.resolve())
     out = output or ROOT / "results" / exp.name
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[int, dict]] = {}
@@ -415,10 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild tables and plots from finished runs")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: the YAML's)")
+    parser.add_argument("--silo-dir", help="the silos' work folder to use (default: the YAML's "
+                                           "silo_dir, else results/<name>/silos)")
     args = parser.parse_args(argv)
     try:
         run_experiment(Path(args.experiment), args.mode, args.report_only,
-                       Path(args.output) if args.output else None, args.seeds)
+                       Path(args.output) if args.output else None, args.seeds,
+                       Path(args.silo_dir) if args.silo_dir else None)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

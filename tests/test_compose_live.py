@@ -24,7 +24,7 @@ from common.federated import MESSAGE_KINDS
 from common.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = "experiments/configs/compose-smoke.yaml"
+SMOKE = "experiments/configs/pipelines/compose-smoke.yaml"
 SILOS = ("beauty", "sports", "pantry")
 TOLERANCE = 0.02  # threads per silo differ from the in-process run (docs/deployment.md)
 
