@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from .data import Domain, DataError, load_mergerec_json, load_recbole
 from .model import model_from_state
 from .package import PackageInfo, load_package
-from .recommend import Catalogue, Recommender, default_cache
+from .recommend import Catalogue, Recommender
+from .runtime import default_cache
 
 TOP = 10
 

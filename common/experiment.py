@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from .config import ConfigError, load_yaml, with_overrides
-from .runtime import set_progress
+from .runtime import default_cache, set_progress
 from .data import (Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains,
                    subsample_users)
 from .distill import DistillConfig, LossConfig, PseudoUserConfig
@@ -41,7 +41,12 @@ class DataConfig:
 
     sources: list[DomainSource] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    cache_dir: str = ".cache"
+    cache_dir: str = ""
+
+    def cache(self) -> Path:
+        """The cache folder: ``cache_dir``, or the user cache when empty
+        (:func:`common.runtime.default_cache`)."""
+        return Path(self.cache_dir) if self.cache_dir else default_cache()
     holdout_fraction: float = 0.0
     holdout_seed: int = 0
 
@@ -141,7 +146,7 @@ class PipelineConfig:
     merges: list[MergeConfig] = field(default_factory=default_merges)
     learned: list[LearnedMergeSpec] = field(default_factory=default_learned)
     federation: FederationConfig = field(default_factory=FederationConfig)
-    joint: bool = True
+    joint: bool = False
     id_baseline: SASRecConfig | None = None
     seed: int = 0
     output_dir: str | None = None
@@ -165,7 +170,7 @@ def load_domain(cfg: DataConfig, name: str) -> Domain:
     if name not in cfg.domain_names():
         raise KeyError(f"no domain '{name}' in the data config (have {cfg.domain_names()})")
     sources = [s for s in cfg.sources if s.name == name]
-    full = [load_source(sources[0], cfg.cache_dir)] if sources else \
+    full = [load_source(sources[0], cfg.cache())] if sources else \
         [d for d in make_synthetic_domains(cfg.synthetic) if d.name == name]
     return split_holdout(cfg, full[0])[0]
 
@@ -197,7 +202,7 @@ def load_full_domains(cfg: DataConfig) -> list[Domain]:
     """Every configured domain with all its users (held-out ones included)."""
     if not cfg.sources:
         return make_synthetic_domains(cfg.synthetic)
-    return [load_source(src, cfg.cache_dir) for src in cfg.sources]
+    return [load_source(src, cfg.cache()) for src in cfg.sources]
 
 
 def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
@@ -214,7 +219,8 @@ def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
     data_root = Path(_under(root, str(values.get("data-dir", "") or "")))
     for src in cfg.data.sources:
         src.path = _under(data_root, src.path)
-    cfg.data.cache_dir = _under(root, cfg.data.cache_dir)
+    if cfg.data.cache_dir:
+        cfg.data.cache_dir = _under(root, cfg.data.cache_dir)
     if int(values.get("seed", -1)) >= 0:  # type: ignore[call-overload]
         cfg.seed = int(values["seed"])  # type: ignore[call-overload]
     if values.get("output-dir"):

@@ -42,14 +42,15 @@ def simulated_silo_config(cfg: PipelineConfig, name: str, work_dir: str | Path) 
                           "encoder_dirs": [cfg.encoder] if Path(cfg.encoder).is_dir() else []},
                          "federation.silo_policy")
     return SiloConfig(name, str(work_dir), name in fed.eval_only,
-                      str(Path(cfg.data.cache_dir) / "features"), fed.silo_train.get(name, {}),
+                      str(cfg.data.cache() / "features"), fed.silo_train.get(name, {}),
                       policy)
 
 
 def local_silos(cfg: PipelineConfig, domains: list[Domain]) -> list[Silo]:
     """One in-process silo per domain, working under ``<silo_dir>/<name>`` (default silo dir:
     ``<output or cache dir>/silos``)."""
-    root = Path(cfg.silo_dir) if cfg.silo_dir else Path(cfg.output_dir or cfg.data.cache_dir) / "silos"
+    root = Path(cfg.silo_dir) if cfg.silo_dir else (Path(cfg.output_dir) if cfg.output_dir
+                                                    else cfg.data.cache()) / "silos"
     return [Silo(simulated_silo_config(cfg, d.name, root / d.name), lambda d=d: d) for d in domains]
 
 

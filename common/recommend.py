@@ -14,7 +14,6 @@ first), in the same batches.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,11 @@ from .backbone import item_inputs
 from .data import DataError, load_mergerec_json, load_recbole
 from .model import TextSeqRec, pad_sequences
 from .package import PackageInfo, load_package
-from .runtime import on_device
+from .runtime import default_cache, on_device
 
 ID_COLUMNS = ("item_id", "id", "asin")
 TEXT_COLUMNS = ("title", "brand", "category", "categories")
 BATCH = 1024  # histories scored at once (as in evaluation)
-
-
-def default_cache() -> Path:
-    """Where encoded catalogues are kept: ``$MERGEREC_CACHE`` or ``~/.cache/mergerec``."""
-    return Path(os.environ.get("MERGEREC_CACHE") or Path.home() / ".cache" / "mergerec")
 
 
 class UnknownItem(KeyError):

@@ -19,16 +19,19 @@ def peak_rss_mb() -> float:
 
 
 class Stages:
-    """Wall time and peak memory per named stage."""
+    """Wall time and peak memory per named stage, each logged as it ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self.records: dict[str, dict[str, float]] = {}
+        self.log = log
 
     def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         start = time.perf_counter()
         out = fn(*args, **kwargs)
         self.records[name] = {"seconds": round(time.perf_counter() - start, 2),
                               "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if self.log is not None:
+            self.log(f"stage '{name}': {self.records[name]['seconds']:.1f} s")
         return out
 
     def total_seconds(self) -> float:

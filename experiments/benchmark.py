@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     for src in cfg.data.sources:
         if not Path(src.path).is_absolute():
             src.path = str(Path(args.data_dir) / src.path)
-    out = Path(args.output) if args.output else ROOT / "results" / "benchmark" / Path(args.config).stem
+    out = Path(args.output) if args.output else Path("results") / "benchmark" / Path(args.config).stem
     reports = {seed: run_seed(replace(cfg, seed=seed), out / f"seed{seed}")
                for seed in (args.seeds or [cfg.seed])}
     text = combined_markdown(Path(args.config).name, reports)

@@ -129,8 +129,8 @@ def summary(report: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--benchmark", default=str(ROOT / "results" / "benchmark-silo-settings"))
-    ap.add_argument("--output", default=str(ROOT / "results" / "oracle-merge"))
+    ap.add_argument("--benchmark", default="results/benchmark/amazon3-silo-settings/seed0")
+    ap.add_argument("--output", default="results/oracle-merge")
     ap.add_argument("--granularity", nargs="+", default=["task", "layer", "tensor"],
                     choices=["task", "layer", "tensor"])
     ap.add_argument("--steps", type=int, default=800)

@@ -199,7 +199,7 @@ def leakage(raw: dict, folder: Path, report: dict) -> dict[str, dict[str, float]
             continue
         members, held_out = split_holdout(cfg.data, domain)
         feats = item_inputs(domain.item_texts, cfg.encoder, model_cfg, cfg.center_features,
-                            Path(cfg.data.cache_dir) / "features", domain.name)
+                            cfg.data.cache() / "features", domain.name)
         state = load_file(str(received))
         out[domain.name] = attack_metrics(
             membership_scores(state, base, model_cfg, members, feats),
@@ -372,7 +372,7 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
         exp.seeds = seeds
     if silo_dir is not None:  # e.g. another seed's benchmark checkpoints
         exp.silo_dir = str(silo_dir.resolve())
-    out = output or ROOT / "results" / exp.name
+    out = output or Path("results") / exp.name
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[int, dict]] = {}
     silo_dir = Path(exp.silo_dir) if exp.silo_dir else out / "silos"

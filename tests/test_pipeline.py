@@ -21,6 +21,7 @@ SMALL = {
                                                     "granularity": "layer"},
          "pseudo_users": {"kind": "walk", "walk_length": 2}, "teacher_topk": 20},
     ],
+    "joint": True,
     "id_baseline": {"hidden": 32, "max_len": 12, "dropout": 0.2, "epochs": 10, "batch_size": 64,
                     "lr": 3e-3, "patience": 3},
 }

@@ -20,7 +20,6 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
 import torch
@@ -211,7 +210,7 @@ def _start(cfg: PipelineConfig, fed: Federation, log: Callable[[str], None], led
         raise ValueError("catalogue 'vectors' shares frozen item vectors; with trainable text "
                          "encoder layers (model.text_layers > 0) the silos must share item texts")
     ctx = _Run(cfg, session, roles, model_cfg, base,
-               RunSettings(cfg.encoder, cfg.center_features, model_cfg), outputs)
+               RunSettings(cfg.encoder, cfg.center_features, model_cfg), outputs, Stages(log))
     ctx.require("start", ctx.trainers())
     return ctx
 
@@ -266,7 +265,7 @@ def _checked_update(ctx: _Run, name: str, payload: Payload):  # type: ignore[no-
         raise ValueError("rejected update: " + "; ".join(problems))
     ctx.features[name] = rep.item_vectors if rep.item_vectors is not None else item_inputs(
         rep.item_texts or [], ctx.cfg.encoder, ctx.model_cfg, ctx.cfg.center_features,
-        Path(ctx.cfg.data.cache_dir) / "features", name)
+        ctx.cfg.data.cache() / "features", name)
     ctx.catalogues[name] = texts_hash(rep.item_texts) if rep.item_texts else \
         state_hash({"vectors": rep.item_vectors})[:16]  # type: ignore[dict-item]
     return rep
