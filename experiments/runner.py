@@ -53,6 +53,7 @@ from common.pipeline import run_pipeline
 from common.privacy import attack_metrics, membership_scores
 from common.io import atomic_write_text
 from experiments.benchmark import training_free
+from experiments.publish import publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -360,7 +361,7 @@ def plot(exp: ExperimentConfig, runs: dict[str, dict[int, dict]], summary: dict,
 
 def run_experiment(path: Path, mode: str = "simulation", report_only: bool = False,
                    output: Path | None = None, seeds: list[int] | None = None,
-                   silo_dir: Path | None = None) -> Path:
+                   silo_dir: Path | None = None, publish_as: str | None = None) -> Path:
     """Run (or resume) every setting × seed, then write the report; returns the results folder.
 
     Seed-major order: every setting once before the next seed, so an interrupted experiment
@@ -393,6 +394,7 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
         if exp.attack:
             report["attack"] = leakage(raw, folder, report)
         report["inputs"] = run_inputs(raw, folder)
+        report["stamp"] = stamp()  # the code that produced this run
         atomic_write_text(folder / "run.json", json.dumps(report, default=str))
         kept = kept_checkpoints(silo_dir)  # the run may have added checkpoints
         runs.setdefault(setting.label, {})[seed] = report
@@ -401,12 +403,23 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
     atomic_write_text(out / "experiment.json", json.dumps({"experiment": to_dict(exp), "base": base},
                                                            indent=2, default=str))
     markdown, summary = summarize(exp, runs)
+    made_by = sorted({r.get("stamp", {}).get("commit", "before run stamps")
+                      for per in runs.values() for r in per.values()})
+    markdown += f"\nRuns produced by commit(s): {', '.join(made_by)}.\n"
     plots = plot(exp, runs, summary, out)
     markdown += "\nPlots: " + ", ".join(plots) + "\n"
     atomic_write_text(out / "report.md", markdown)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(markdown)
+    if publish_as:
+        where = publish(publish_as, f"Experiment: {exp.name}", markdown.split("\n", 1)[1], summary,
+                        [out / p for p in plots])
+        print(f"published to {where}")
     return out
+
+
+def exp_name(path: str) -> str:
+    return load_experiment(Path(path))[0].name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,11 +433,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: the YAML's)")
     parser.add_argument("--silo-dir", help="the silos' work folder to use (default: the YAML's "
                                            "silo_dir, else results/<name>/silos)")
+    parser.add_argument("--publish", action="store_true",
+                        help="also write the report to experiments/reports/<name>/")
     args = parser.parse_args(argv)
     try:
         run_experiment(Path(args.experiment), args.mode, args.report_only,
                        Path(args.output) if args.output else None, args.seeds,
-                       Path(args.silo_dir) if args.silo_dir else None)
+                       Path(args.silo_dir) if args.silo_dir else None,
+                       exp_name(args.experiment) if args.publish else None)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
