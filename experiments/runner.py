@@ -35,6 +35,7 @@ import argparse
 import functools
 import hashlib
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -286,12 +287,30 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                                           if v is not None])
                                 for metric in ("recall@10", "ndcg@10")) for label in labels]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", sampling_error(runs, labels, exp.headline)]
     stamps = {label: json.dumps(p, default=str) for label, p in protocols.items()}
     if len(set(stamps.values())) == 1:
         lines += ["", "Protocol: " + stamps[labels[0]]]
     else:
         lines += [""] + [f"Protocol ({label}): {p}" for label, p in stamps.items()]
     return "\n".join(lines) + "\n", summary
+
+
+def sampling_error(runs: dict[str, dict[int, dict]], labels: list[str], method: str) -> str:
+    """One standard error of the headline's average Recall@10 from the evaluated users alone
+    (binomial per domain, domains independent): the size a difference must exceed to be more
+    than which users happened to be sampled."""
+    report = next(iter(runs[labels[0]].values()))
+    row = report["results"].get(method, {})
+    users = {d: p.get("users") for d, p in report["protocol"].get("per_silo", {}).items()}
+    doms = [d for d in row if d in users and users[d]]
+    if not doms:
+        return "Sampling error: not known (no per-silo user counts in the report)."
+    var = sum(row[d]["recall@10"] * (1 - row[d]["recall@10"]) / users[d] for d in doms)
+    se = math.sqrt(var) / len(doms)
+    return (f"Sampling error: one standard error of an average Recall@10 here is ±{se:.4f} "
+            f"({', '.join(f'{d} {users[d]:,} users' for d in doms)}); a difference between two "
+            f"settings on the same users has a smaller paired error.")
 
 
 def plot(exp: ExperimentConfig, runs: dict[str, dict[int, dict]], summary: dict, out: Path) -> list[str]:
