@@ -29,7 +29,7 @@ from common.pipeline import ID_BASELINE, PipelineConfig, run_pipeline
 from common.io import atomic_write_text
 from common.merging import MergeConfig
 from common.report import markdown_table, write_report
-from experiments.publish import publish
+from experiments.publish import publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_DOMAINS = ("Beauty", "Sports")  # where the silo models are held to the ID baseline
@@ -155,7 +155,9 @@ def run_seed(cfg: PipelineConfig, out: Path) -> dict:
             print(f"{out}: finished run with this configuration, reused", flush=True)
             return kept
     cfg.output_dir = str(out)
+    made_by = stamp()  # the code that produced this seed's run
     report = run_pipeline(cfg)
+    report["stamp"] = made_by
     checks = check_targets(report)
     report["targets"] = [{"target": n, "met": ok, "measured": m} for n, ok, m in checks]
     write_report(report, out, benchmark_markdown(report, checks))
@@ -186,7 +188,10 @@ def plot(reports: dict[int, dict], path: Path) -> Path:
 
 
 def combined_markdown(config: str, reports: dict[int, dict]) -> str:
-    parts = [f"Config: `{config}`; seeds {', '.join(map(str, sorted(reports)))}."]
+    made_by = ", ".join(f"seed {s}: `{r.get('stamp', {}).get('commit', '?')}` on "
+                        f"{r.get('stamp', {}).get('date', '?')}" for s, r in sorted(reports.items()))
+    parts = [f"Config: `{config}`; seeds {', '.join(map(str, sorted(reports)))}; runs produced by "
+             f"{made_by}."]
     if len(reports) > 1:
         mean = mean_report(list(reports.values()))
         parts += ["## Mean over seeds", markdown_table(mean)]
@@ -229,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(reports.values()))
         summary = {"config": Path(args.config).name, "merges": first["config"]["merges"],
                    "learned": learned_merges(first),
-                   "seeds": {s: {k: r[k] for k in ("results", "targets", "training", "stages",
-                                                   "total_seconds", "peak_rss_mb", "protocol")}
+                   "seeds": {s: {k: r.get(k) for k in ("results", "targets", "training", "stages",
+                                                       "total_seconds", "peak_rss_mb", "protocol",
+                                                       "stamp")}
                              for s, r in reports.items()}}
         where = publish(args.publish, f"Benchmark: {Path(args.config).stem}", text, summary, [image])
         print(f"published to {where}")
