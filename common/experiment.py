@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Literal, Mapping
 
 from .config import ConfigError, load_yaml, with_overrides
 from .runtime import default_cache, set_progress
 from .data import (Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains,
                    subsample_users)
-from .distill import DistillConfig, LossConfig, PseudoUserConfig
 from .evaluation import EvalConfig
+from .federated.config import (CoordinatorConfig, FederationConfig, LearnedMergeSpec,
+                                default_learned, default_merges)
 from .merging import MergeConfig
 from .model import ModelConfig
 from .model.sasrec import SASRecConfig
@@ -58,76 +59,6 @@ class DataConfig:
 
 
 @dataclass
-class LearnedMergeSpec:
-    """One learned-merge variant: its initialisation, pseudo-users, teacher and optimiser."""
-
-    name: str
-    init: MergeConfig = field(default_factory=MergeConfig)
-    pseudo_users: PseudoUserConfig = field(default_factory=PseudoUserConfig)
-    teacher_topk: int | None = None
-    distill: DistillConfig = field(default_factory=DistillConfig)
-
-
-def default_learned() -> list[LearnedMergeSpec]:
-    """Entropy-only (AdaMerging) and the full method, task-wise and layer-wise."""
-    return [
-        LearnedMergeSpec("adamerging (entropy)", distill=DistillConfig(
-            loss=LossConfig(rec_weight=0.0, kd_weight=0.0, entropy_weight=1.0))),
-        LearnedMergeSpec("mergerec task-wise", distill=DistillConfig(granularity="task")),
-        LearnedMergeSpec("mergerec layer-wise", distill=DistillConfig(granularity="layer")),
-    ]
-
-
-def default_merges() -> list[MergeConfig]:
-    """The training-free baselines, each with its customary hyper-parameters."""
-    return [
-        MergeConfig("average"),
-        MergeConfig("task_arithmetic", lam=0.3),
-        MergeConfig("ties", lam=1.0, density=0.2),
-        MergeConfig("dare", lam=0.3, drop_rate=0.9),
-        MergeConfig("pcb", lam=1.0, density=0.2),
-        MergeConfig("localize_stitch", density=0.2),
-    ]
-
-
-@dataclass
-class FederationConfig:
-    """How the coordinator talks to the silos.
-
-    ``catalogue``: what a silo sends about its items after training, the item ``text`` (the
-    coordinator encodes it with the same frozen encoder) or only the frozen item ``vectors``.
-    ``min_silos``: training silos that must deliver a valid update (default: all of them).
-    ``eval_only``, ``query_budget``, ``silo_train`` (per silo name, its own fine-tuning
-    settings over ``train``, e.g. ``{Pantry: {batch_size: 256}}``) and ``silo_policy`` (the
-    :class:`~common.federated.SiloPolicy` of every silo, e.g. ``{share_weights: true}``; its
-    evaluation protocol is the run's ``eval``) are silo-side settings; in deployment each silo
-    takes them from its own node config (``train-batch-size=256``, ``share-weights=true``), in
-    simulation and in-process (no node config) from here.
-    Coordinator-side checks: ``max_catalogue_items`` per update; an update whose task-vector
-    norm exceeds ``update_norm_limit`` times the median of the other silos' (at least 1 % of
-    θ₀'s norm) is rejected;
-    ``teacher_check_rows`` rows of every teacher answer are re-computed from the silo's
-    weights and must agree within ``teacher_tolerance`` (0 rows: no check).
-    """
-
-    catalogue: Literal["text", "vectors"] = "text"
-    min_silos: int | None = None
-    eval_only: list[str] = field(default_factory=list)
-    query_budget: int | None = None
-    silo_train: dict[str, dict[str, Any]] = field(default_factory=dict)
-    silo_policy: dict[str, Any] = field(default_factory=dict)
-    max_query_rows: int = 20000
-    max_catalogue_items: int = 2_000_000
-    update_norm_limit: float = 10.0
-    teacher_check_rows: int = 16
-    teacher_tolerance: float = 1e-3
-    wait_for_silos_s: float = 120.0
-    train_timeout_s: float = 7200.0
-    query_timeout_s: float = 900.0
-    eval_timeout_s: float = 3600.0
-
-
-@dataclass
 class PipelineConfig:
     """Everything a run needs: data, model, fine-tuning, merges, learned merges, federation.
 
@@ -151,6 +82,12 @@ class PipelineConfig:
     seed: int = 0
     output_dir: str | None = None
     silo_dir: str | None = None
+
+    def coordinator(self) -> CoordinatorConfig:
+        """What the coordinator needs of this run (and nothing of its data sources)."""
+        return CoordinatorConfig(self.data.domain_names(), self.encoder, self.center_features,
+                                 self.model, self.train, self.merges, self.learned,
+                                 self.federation, self.seed, self.output_dir, str(self.data.cache()))
 
     def __post_init__(self) -> None:
         names = self.data.domain_names()

@@ -97,7 +97,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, object]:
         return {"joint (pooled data, non-private)": state}
 
     outputs = RunOutputs(cfg.output_dir) if cfg.output_dir else None
-    report = run_coordinator(cfg, LocalFederation(silos), joint, outputs=outputs)
+    report = run_coordinator(cfg.coordinator(), LocalFederation(silos), joint, outputs=outputs)
+    report["config"] = to_dict(cfg)  # the whole run's, data sources included
     report["training"] = {**report["training"], **({"joint": joint_stats} if joint_stats else {})}  # type: ignore[dict-item]
     if cfg.id_baseline is not None:
         t0 = time.perf_counter()

@@ -38,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
     fed = FlowerFederation(grid, log)
     fed.connect(expected, cfg.federation.wait_for_silos_s, cfg.data.domain_names())
     log(f"silos: {fed.roles()}")
-    report = run_coordinator(cfg, fed, log=log, ledger=fed.ledger)
+    report = run_coordinator(cfg.coordinator(), fed, log=log, ledger=fed.ledger)
     print(markdown_table(report), flush=True)
     for failure in report["failures"]:  # type: ignore[attr-defined]
         log(f"FAILED silo {failure['silo']} ({failure['stage']}): {failure['reason']}")

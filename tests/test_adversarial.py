@@ -145,7 +145,7 @@ def test_fine_tuned_weights_go_only_where_their_silo_allows(tmp_path):
     cfg = tiny_config(tmp_path, learned=[], merges=[{"method": "average"}],
                       federation={"eval_only": ["pantry"]})
     fed = Recording(local_silos(cfg, make_synthetic_domains(cfg.data.synthetic)))
-    report = run_coordinator(cfg, fed, log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), fed, log=lambda _: None)
     leaked = [(n, lab) for n, labs in fed.sent.items() for lab in labs
               if lab.startswith("fine-tuned on ") and lab != f"fine-tuned on {n}"]
     handled("other silos' fine-tuned weights sent to every silo (evaluation-only included)",
@@ -155,7 +155,7 @@ def test_fine_tuned_weights_go_only_where_their_silo_allows(tmp_path):
     shared = tiny_config(tmp_path / "s", learned=[], merges=[{"method": "average"}],
                          federation={"silo_policy": {"share_weights": True}})
     fed = Recording(local_silos(shared, make_synthetic_domains(shared.data.synthetic)))
-    report = run_coordinator(shared, fed, log=lambda _: None)
+    report = run_coordinator(shared.coordinator(), fed, log=lambda _: None)
     assert set(report["results"]["fine-tuned on beauty"]) == {"beauty", "sports", "pantry", "average"}
 
 
@@ -175,7 +175,7 @@ def test_coordinator_ignores_silos_the_run_does_not_name(tmp_path):
     domains = make_synthetic_domains(cfg.data.synthetic)
     silos = local_silos(cfg, domains)
     rogue = Silo(SiloConfig("mallory", str(tmp_path / "rogue"), eval_only=True), lambda: domains[0])
-    report = run_coordinator(cfg, LocalFederation([*silos, rogue]), log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), LocalFederation([*silos, rogue]), log=lambda _: None)
     handled("an unknown silo's metrics averaged as an unseen domain",
             "average unseen" not in report["results"]["average"]
             and report["failures"][0]["silo"] == "mallory")
@@ -286,7 +286,7 @@ def _tiny_run(tmp_path: Path, how: str | None, **checks: float):
     if how:
         silos = [Poisoned(s.cfg, lambda s=s: s.domain, how) if s.cfg.name == "sports" else s
                  for s in silos]
-    return run_coordinator(cfg, LocalFederation(silos), log=lambda _: None)
+    return run_coordinator(cfg.coordinator(), LocalFederation(silos), log=lambda _: None)
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +422,7 @@ def test_a_malformed_reply_is_a_recorded_failure_not_a_crash(tmp_path):
     cfg = tiny_config(tmp_path, learned=[], merges=[{"method": "average"}])
     silos = [Garbled(s.cfg, lambda s=s: s.domain) if s.cfg.name == "pantry" else s
              for s in local_silos(cfg, make_synthetic_domains(cfg.data.synthetic))]
-    report = run_coordinator(cfg, LocalFederation(silos), log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), LocalFederation(silos), log=lambda _: None)
     handled("a malformed evaluation reply stopping the run",
             report["failures"][0]["silo"] == "pantry" and "pantry" not in report["results"]["average"])
 

@@ -168,7 +168,7 @@ def _federation(tmp_path, cfg, broken: str | None = None):
 
 def test_failing_silo_is_reported_and_the_run_goes_on_with_the_rest(tmp_path):
     cfg = tiny_config(tmp_path, learned=[], federation={"min_silos": 2})
-    report = run_coordinator(cfg, _federation(tmp_path, cfg, broken="sports"), log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), _federation(tmp_path, cfg, broken="sports"), log=lambda _: None)
     [failure] = report["failures"]
     assert (failure["silo"], failure["stage"]) == ("sports", "train")
     assert "train failed (incident" in failure["reason"]  # the detail stays in the silo's log
@@ -181,12 +181,12 @@ def test_failing_silo_is_reported_and_the_run_goes_on_with_the_rest(tmp_path):
 def test_too_few_silos_left_fails_with_a_clear_message(tmp_path):
     cfg = tiny_config(tmp_path, learned=[])
     with pytest.raises(FederationError, match=r"sports \(train\): .*train failed \(incident"):
-        run_coordinator(cfg, _federation(tmp_path, cfg, broken="sports"), log=lambda _: None)
+        run_coordinator(cfg.coordinator(), _federation(tmp_path, cfg, broken="sports"), log=lambda _: None)
 
 
 def test_unseen_domain_is_evaluated_but_contributes_nothing(tmp_path):
     cfg = tiny_config(tmp_path, federation={"eval_only": ["pantry"]})
-    report = run_coordinator(cfg, _federation(tmp_path, cfg), log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), _federation(tmp_path, cfg), log=lambda _: None)
     res = report["results"]
     assert "fine-tuned on pantry" not in res and "pantry" not in res["in-domain fine-tuned"]
     assert res["mergerec task-wise"]["average unseen"] == res["mergerec task-wise"]["pantry"]
@@ -196,7 +196,7 @@ def test_unseen_domain_is_evaluated_but_contributes_nothing(tmp_path):
 
 def test_ledger_counts_what_left_each_silo(tmp_path):
     cfg = tiny_config(tmp_path, federation={"catalogue": "vectors", "max_query_rows": 25})
-    report = run_coordinator(cfg, _federation(tmp_path, cfg), log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), _federation(tmp_path, cfg), log=lambda _: None)
     led = report["ledger"]["beauty"]
     # one-item pseudo-users: 60 items in rounds of 25 rows (3 messages); the walk variant asks
     # 3 more for full rows and 3 for its top-k answers
@@ -226,7 +226,7 @@ def test_two_variants_of_one_method_coexist_and_unnamed_twins_are_refused(tmp_pa
     merges = [{"method": "ties", "lam": 1.0, "density": 0.2},
               {"method": "ties", "lam": 0.5, "density": 0.5, "name": "ties (dense)"}]
     cfg = tiny_config(tmp_path, learned=[], merges=merges)
-    report = run_coordinator(cfg, _federation(tmp_path, cfg), log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), _federation(tmp_path, cfg), log=lambda _: None)
     assert report["results"]["ties"] != report["results"]["ties (dense)"]
     with pytest.raises(ConfigError, match=r"distinct names; \['ties'\] appear more than once"):
         tiny_config(tmp_path, merges=[merges[0], {**merges[1], "name": None}])

@@ -124,7 +124,7 @@ def test_whole_run_with_dp_silos(tmp_path):
     cfg = config_from_run({"experiment": str(write_tiny_yaml(tmp_path)), "dp-epsilon": 8.0},
                           tmp_path)
     silos = local_silos(cfg, make_synthetic_domains(cfg.data.synthetic))
-    report = run_coordinator(cfg, LocalFederation(silos), log=lambda _: None)
+    report = run_coordinator(cfg.coordinator(), LocalFederation(silos), log=lambda _: None)
     assert report["failures"] == []
     for name in ("beauty", "sports", "pantry"):
         assert 0 < report["training"][name]["dp_epsilon"] <= 8.0

@@ -27,7 +27,6 @@ import torch
 from ..backbone import item_inputs, resolve_base
 from ..config import to_dict
 from ..distill import DomainPseudoData, LearnResult, learn_merge_weights
-from ..experiment import LearnedMergeSpec, PipelineConfig
 from ..io import RunOutputs, atomic_save_safetensors, atomic_write_text
 from ..merging import build_merge
 from ..model import ModelConfig, TextSeqRec, model_from_state, state_hash
@@ -37,6 +36,7 @@ from ..package import PackageInfo, finish_package, save_weights
 from ..report import Stages, peak_rss_mb, write_report
 from ..text import make_encoder
 from .checks import check_update, check_vectors, non_finite, norm_outliers, task_vector_norm
+from .config import CoordinatorConfig, LearnedMergeSpec
 from .ledger import Ledger
 from .pool import BASE_LABEL, IN_DOMAIN_LABEL, ModelEntry, ModelPool, finetuned_label
 from .protocol import (EVALUATE, TRAIN, EvalRequest, Failure, Payload, RunSettings, TrainRequest,
@@ -118,7 +118,7 @@ class _Session:
 class _Run:
     """What every phase shares: settings, θ₀, the session, timings, staged outputs."""
 
-    cfg: PipelineConfig
+    cfg: CoordinatorConfig
     session: _Session
     roles: dict[str, str]
     model_cfg: ModelConfig
@@ -162,7 +162,7 @@ class _Run:
                              entry.label)
 
 
-def run_coordinator(cfg: PipelineConfig, fed: Federation, extra_models: Extra | None = None,
+def run_coordinator(cfg: CoordinatorConfig, fed: Federation, extra_models: Extra | None = None,
                     log: Callable[[str], None] = print, ledger: Ledger | None = None,
                     outputs: RunOutputs | None = None) -> dict[str, object]:
     """Run MergeRec against ``fed``; returns the JSON-ready report.
@@ -189,14 +189,14 @@ def run_coordinator(cfg: PipelineConfig, fed: Federation, extra_models: Extra | 
     return report
 
 
-def _start(cfg: PipelineConfig, fed: Federation, log: Callable[[str], None], ledger: Ledger,
+def _start(cfg: CoordinatorConfig, fed: Federation, log: Callable[[str], None], ledger: Ledger,
            outputs: RunOutputs | None) -> _Run:
     """θ₀ and the accepted silos: only the run's domains, in its order (any other name the
     transport reports is a recorded failure)."""
     session = _Session(fed, log, ledger)
     for failure in getattr(fed, "rejected", []):
         session.fail(failure)
-    order = {n: i for i, n in enumerate(cfg.data.domain_names())}
+    order = {n: i for i, n in enumerate(cfg.domains)}
     roles = {}
     for name, role in sorted(fed.roles().items(), key=lambda nr: order.get(nr[0], len(order))):
         if name not in order:
@@ -265,7 +265,7 @@ def _checked_update(ctx: _Run, name: str, payload: Payload):  # type: ignore[no-
         raise ValueError("rejected update: " + "; ".join(problems))
     ctx.features[name] = rep.item_vectors if rep.item_vectors is not None else item_inputs(
         rep.item_texts or [], ctx.cfg.encoder, ctx.model_cfg, ctx.cfg.center_features,
-        ctx.cfg.data.cache() / "features", name)
+        ctx.cfg.cache() / "features", name)
     ctx.catalogues[name] = texts_hash(rep.item_texts) if rep.item_texts else \
         state_hash({"vectors": rep.item_vectors})[:16]  # type: ignore[dict-item]
     return rep

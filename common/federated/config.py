@@ -1,0 +1,105 @@
+"""The coordinator's own configuration: what it needs of a run, and nothing of the run's data
+sources (loaded from YAML as part of a :class:`~common.experiment.PipelineConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..distill import DistillConfig, LossConfig, PseudoUserConfig
+from ..merging import MergeConfig
+from ..model import ModelConfig
+from ..training import TrainConfig
+
+
+@dataclass
+class LearnedMergeSpec:
+    """One learned-merge variant: its initialisation, pseudo-users, teacher and optimiser."""
+
+    name: str
+    init: MergeConfig = field(default_factory=MergeConfig)
+    pseudo_users: PseudoUserConfig = field(default_factory=PseudoUserConfig)
+    teacher_topk: int | None = None
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def default_learned() -> list[LearnedMergeSpec]:
+    """Entropy-only (AdaMerging) and the full method, task-wise and layer-wise."""
+    return [
+        LearnedMergeSpec("adamerging (entropy)", distill=DistillConfig(
+            loss=LossConfig(rec_weight=0.0, kd_weight=0.0, entropy_weight=1.0))),
+        LearnedMergeSpec("mergerec task-wise", distill=DistillConfig(granularity="task")),
+        LearnedMergeSpec("mergerec layer-wise", distill=DistillConfig(granularity="layer")),
+    ]
+
+
+def default_merges() -> list[MergeConfig]:
+    """The training-free baselines, each with its customary hyper-parameters."""
+    return [
+        MergeConfig("average"),
+        MergeConfig("task_arithmetic", lam=0.3),
+        MergeConfig("ties", lam=1.0, density=0.2),
+        MergeConfig("dare", lam=0.3, drop_rate=0.9),
+        MergeConfig("pcb", lam=1.0, density=0.2),
+        MergeConfig("localize_stitch", density=0.2),
+    ]
+
+
+@dataclass
+class FederationConfig:
+    """How the coordinator talks to the silos.
+
+    ``catalogue``: what a silo sends about its items after training, the item ``text`` (the
+    coordinator encodes it with the same frozen encoder) or only the frozen item ``vectors``.
+    ``min_silos``: training silos that must deliver a valid update (default: all of them).
+    ``eval_only``, ``query_budget``, ``silo_train`` (per silo name, its own fine-tuning
+    settings over ``train``, e.g. ``{Pantry: {batch_size: 256}}``) and ``silo_policy`` (the
+    :class:`~common.federated.SiloPolicy` of every silo, e.g. ``{share_weights: true}``; its
+    evaluation protocol is the run's ``eval``) are silo-side settings; in deployment each silo
+    takes them from its own node config (``train-batch-size=256``, ``share-weights=true``), in
+    simulation and in-process (no node config) from here.
+    Coordinator-side checks: ``max_catalogue_items`` per update; an update whose task-vector
+    norm exceeds ``update_norm_limit`` times the median of the other silos' (at least 1 % of
+    θ₀'s norm) is rejected;
+    ``teacher_check_rows`` rows of every teacher answer are re-computed from the silo's
+    weights and must agree within ``teacher_tolerance`` (0 rows: no check).
+    """
+
+    catalogue: Literal["text", "vectors"] = "text"
+    min_silos: int | None = None
+    eval_only: list[str] = field(default_factory=list)
+    query_budget: int | None = None
+    silo_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    silo_policy: dict[str, Any] = field(default_factory=dict)
+    max_query_rows: int = 20000
+    max_catalogue_items: int = 2_000_000
+    update_norm_limit: float = 10.0
+    teacher_check_rows: int = 16
+    teacher_tolerance: float = 1e-3
+    wait_for_silos_s: float = 120.0
+    train_timeout_s: float = 7200.0
+    query_timeout_s: float = 900.0
+    eval_timeout_s: float = 3600.0
+
+
+@dataclass
+class CoordinatorConfig:
+    """The run as the coordinator sees it: the silos' names in the run's order, the model and
+    how it is built and trained, the merges and learned variants, the federation settings, the
+    seed, where results go and where encoded catalogues are cached."""
+
+    domains: list[str]
+    encoder: str
+    center_features: bool
+    model: ModelConfig
+    train: TrainConfig
+    merges: list[MergeConfig]
+    learned: list[LearnedMergeSpec]
+    federation: FederationConfig
+    seed: int
+    output_dir: str | None
+    cache_dir: str
+
+    def cache(self) -> Path:
+        return Path(self.cache_dir)
