@@ -143,6 +143,22 @@ def load_recommenders(model_dirs: list[str], catalogues: dict[str, str]
     return out
 
 
+def wait_until_healthy(url: str, timeout_s: float = 300.0) -> bool:
+    """Poll ``<url>/health`` until the service answers (True) or ``timeout_s`` passes."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    return False
+
+
 def run_server(model_dirs: list[str], catalogues: dict[str, str], host: str, port: int,
                max_batch: int) -> None:
     import uvicorn

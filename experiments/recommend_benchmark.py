@@ -27,6 +27,7 @@ from common.config import load_yaml
 from common.experiment import PipelineConfig
 from common.package import PackageInfo, finish_package, save_weights
 from common.recommend import Recommender, load_catalogue
+from common.serve import wait_until_healthy
 from common.text import make_encoder
 from experiments.publish import publish
 
@@ -84,13 +85,8 @@ def service_latency(package: Path, catalogue: str, histories: list, requests: in
                                "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        if not wait_until_healthy(url):
+            raise SystemExit("the recommendation service did not start")
         rows = []
         for clients in (1, 4):
             out = subprocess.run([sys.executable, "-c", LOAD, url, str(requests), str(clients),

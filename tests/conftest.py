@@ -25,6 +25,16 @@ def write_domain(folder: Path, **overrides) -> Path:
     return folder
 
 
+def print_tally(title: str, tried: list[tuple[str, bool]]) -> None:
+    """Print what a module tried and how each went (docs/threat-model.md quotes the counts);
+    fail unless every case was handled cleanly."""
+    handled = sum(ok for _, ok in tried)
+    print(f"\n{title}: {len(tried)} tried, {handled} handled cleanly")
+    for case, ok in tried:
+        print(f"  {'ok ' if ok else 'BAD'} {case}")
+    assert handled == len(tried)
+
+
 @pytest.fixture
 def tiny_domain_dir(tmp_path: Path) -> Path:
     return write_domain(tmp_path / "Tiny")

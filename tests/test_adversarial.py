@@ -25,6 +25,7 @@ from common.model import ModelConfig, build_base_model
 from common.pipeline import local_silos
 from common.training import TrainConfig
 from coordinator.flower_federation import accept_claims
+from tests.conftest import print_tally
 from tests.runs import TINY, tiny_config
 
 TRIED: list[tuple[str, bool]] = []
@@ -428,10 +429,5 @@ def test_a_malformed_reply_is_a_recorded_failure_not_a_crash(tmp_path):
 
 
 def test_zz_print_the_count():
-    """Printed by the test run (the threat-model page quotes it): attacks tried / handled."""
-    ok = sum(h for _, h in TRIED)
-    print(f"\nattacks and malformed replies: {len(TRIED)} tried, {ok} handled cleanly")
-    for attack, h in TRIED:
-        print(f"  {'ok ' if h else 'BAD'} {attack}")
-    assert ok == len(TRIED)
+    print_tally("attacks and malformed replies", TRIED)
 

@@ -10,7 +10,7 @@ import pytest
 from common.data import DataError, load_mergerec_json, load_recbole
 from common.data.mergerec_json import extract_archive
 
-from .conftest import write_domain
+from .conftest import print_tally, write_domain
 
 TRIED: list[tuple[str, bool]] = []  # (case, handled cleanly), printed at the end
 
@@ -117,9 +117,4 @@ def test_hostile_recbole_files(tmp_path):
 
 
 def test_zz_print_the_count():
-    """Printed by the test run (the threat-model page quotes it): cases tried / handled."""
-    handled = sum(ok for _, ok in TRIED)
-    print(f"\nhostile data files: {len(TRIED)} tried, {handled} handled cleanly")
-    for case, ok in TRIED:
-        print(f"  {'ok ' if ok else 'BAD'} {case}")
-    assert handled == len(TRIED)
+    print_tally("hostile data files", TRIED)

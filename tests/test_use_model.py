@@ -7,7 +7,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from common.model_cli import main as model_cli
 from common.package import CONFIG, WEIGHTS, PackageError, load_package
 from common.pipeline import run_pipeline
 from common.recommend import Catalogue, Recommender, UnknownItem
+from common.serve import wait_until_healthy
 from tests.runs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,13 +164,7 @@ def server(run):
                              "--max-batch", "8"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
+    if not wait_until_healthy(url, 120):
         proc.kill()
         raise AssertionError(proc.stdout.read())  # type: ignore[union-attr]
     yield url, domains["sports"]
