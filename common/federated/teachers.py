@@ -15,15 +15,16 @@ import torch
 from ..distill import DomainPseudoData, TeacherSignal, extend_walks, select_items, teacher_scores
 from ..model import TextSeqRec
 from ..model.recommender import ItemInputs
+from .config import LearnedMergeSpec
 from .protocol import QUERY, decode_answer, encode_query
 
 Ask = Callable[[dict[str, list[list[int]]], "int | None"], dict[str, TeacherSignal]]
 Verify = Callable[[str, list[list[int]], TeacherSignal], "str | None"]
 
 
-def build_pseudo_data(spec, features: dict[str, ItemInputs], ask: Ask,  # type: ignore[no-untyped-def]
+def build_pseudo_data(spec: LearnedMergeSpec, features: dict[str, ItemInputs], ask: Ask,
                       vectors: Callable[[str], torch.Tensor]) -> list[DomainPseudoData]:
-    """Pseudo-users per domain from its catalogue only (``spec``: a learned-merge spec); walks
+    """Pseudo-users per domain from its catalogue only; walks
     and teacher answers are asked of the silos (``ask``: domain → sequences in, domain →
     answers out, failed silos left out). ``vectors(name)``: θ₀'s item text vectors of a
     catalogue (centroid sampling clusters them)."""
