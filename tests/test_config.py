@@ -19,6 +19,7 @@ def test_yaml_roundtrip(tmp_path):
     ("learned:\n  - name: x\n    distill: {granularity: diagonal}\n", "not one of"),
     ("eval: {split: train}\n", "eval.split"),
     ("model: [1, 2]\n", "model: expected a mapping"),
+    ("train: {lr: 1e-3x}\n", "train.lr: expected a number"),
     ("a: [\n", "invalid YAML"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, message):
@@ -27,6 +28,16 @@ def test_bad_config_names_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_yaml(PipelineConfig, path)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_exponent_floats_read_as_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-3`` and ``1e-12`` as strings; a float field takes them."""
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {lr: 3e-4}\nmodel: {text_eps: 1e-12}\n")
+    cfg = load_yaml(PipelineConfig, path)
+    assert cfg.train.lr == 3e-4 and cfg.model.text_eps == 1e-12
+    with pytest.raises(ConfigError, match="model.hidden: expected an integer"):
+        from_dict(PipelineConfig, {"model": {"hidden": "1e2"}})
 
 
 def test_missing_file(tmp_path):
