@@ -108,12 +108,13 @@ def with_overrides(obj: T, changes: dict[str, Any], where: str) -> T:
 
 
 EXTENDS = "extends"
+APPEND = "+"  # suffix of a key that appends to the inherited list
 
 
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
     """The YAML document at ``path``; a mapping with ``extends: other.yaml`` (relative to this
     file) is that file's mapping with this one deep-merged over it, so a variant config names
-    only what it changes. Paths inside the merged mapping are read as the extending file's
+    only what it changes (lists are replaced; ``key+`` appends to the inherited list). Paths inside the merged mapping are read as the extending file's
     own (keep variants beside what they extend). Errors name the file."""
     path = Path(path)
     if not path.is_file():
@@ -135,7 +136,26 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
     base = read_yaml(target, chain)
     if not isinstance(base, dict):
         raise ConfigError(f"{target}: expected a mapping (extended by {path})")
-    return deep_merge(base, data)
+    return _merge_over(base, data, path)
+
+
+def _merge_over(base: dict, changes: dict, path: Path, where: str = "") -> dict:
+    """:func:`deep_merge` for ``extends``, where a key written ``name+`` appends its list to the
+    inherited list ``name`` (``sources+: [{name: Toys, path: Toys.tar.gz}]`` adds a domain)."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        name = key[:-1] if isinstance(key, str) and key.endswith(APPEND) else None
+        if name is None:
+            inner = out.get(key) if isinstance(out.get(key), dict) else {}
+            out[key] = _merge_over(inner, value, path, f"{where}{key}.") \
+                if isinstance(value, dict) else copy.deepcopy(value)
+            continue
+        inherited = out.get(name, [])
+        if name in changes or not isinstance(value, list) or not isinstance(inherited, list):
+            raise ConfigError(f"{path}: '{where}{key}' appends a list to the inherited list "
+                              f"'{where}{name}' (and is not given beside it)")
+        out[name] = inherited + copy.deepcopy(value)
+    return out
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:

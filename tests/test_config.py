@@ -60,7 +60,21 @@ def test_extends_merges_over_the_named_file(tmp_path):
     assert [m.method for m in cfg.merges] == ["pcb"]  # lists are replaced, not appended
 
 
+def test_a_variant_appends_a_source_with_a_plus_key(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "data:\n  sources:\n    - {name: Beauty, path: Beauty.tar.gz}\n    - {name: Sports, path: Sports.tar.gz}\n")
+    (tmp_path / "four.yaml").write_text(
+        "extends: base.yaml\ndata:\n  sources+:\n    - {name: Toys, path: /elsewhere/Toys}\n")
+    cfg = load_yaml(PipelineConfig, tmp_path / "four.yaml")
+    assert [(s.name, s.path) for s in cfg.data.sources] == [
+        ("Beauty", "Beauty.tar.gz"), ("Sports", "Sports.tar.gz"), ("Toys", "/elsewhere/Toys")]
+
+
 @pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "extends: b.yaml\ndata: {sources+: {name: X}}\n", "b.yaml": "seed: 1\n"},
+     "a.yaml: 'data.sources+' appends a list"),
+    ({"a.yaml": "extends: b.yaml\nmerges: []\nmerges+: [{method: ties}]\n", "b.yaml": "seed: 1\n"},
+     "'merges+' appends a list"),
     ({"a.yaml": "extends: missing.yaml\n"}, "missing.yaml: config file not found"),
     ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "a.yaml -> b.yaml -> a.yaml"),
     ({"a.yaml": "extends: [b.yaml]\n"}, "'extends' must name a YAML file"),
