@@ -13,7 +13,16 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
-_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-12`` and ``3e-4`` are numbers (YAML 1.1
+    wants a dot in the mantissa and reads them as strings)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
 
 
 class ConfigError(ValueError):
@@ -54,8 +63,6 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {k: _convert(args[1] if args else Any, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
-        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 (PyYAML) reads 1e-12 as a string; YAML 1.2 as a float
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -92,13 +99,28 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def deep_merge(base: dict, changes: dict) -> dict:
+EXTENDS = "extends"
+APPEND = "+"  # suffix of a key that appends to an inherited list
+
+
+def deep_merge(base: dict, changes: dict, _at: str = "") -> dict:
     """``base`` with ``changes`` merged in: nested mappings key by key, anything else (lists
-    included) replaced."""
+    included) replaced, except that a key written ``name+`` appends its list to the list
+    ``name`` of ``base`` (``sources+: [{name: Toys, path: Toys.tar.gz}]`` adds a domain)."""
     out = copy.deepcopy(base)
     for key, value in changes.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and \
-            isinstance(out.get(key), dict) else copy.deepcopy(value)
+        if isinstance(key, str) and key.endswith(APPEND):
+            name = key[:-len(APPEND)]
+            if name in changes or not isinstance(value, list) or \
+                    not isinstance(out.get(name), list):
+                raise ConfigError(f"'{_at}{key}' appends a list to an inherited list "
+                                  f"'{_at}{name}' (and is not given beside it)")
+            out[name] = out[name] + copy.deepcopy(value)
+        elif isinstance(value, dict):
+            inner = out.get(key) if isinstance(out.get(key), dict) else {}
+            out[key] = deep_merge(inner, value, f"{_at}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 
@@ -107,55 +129,38 @@ def with_overrides(obj: T, changes: dict[str, Any], where: str) -> T:
     return from_dict(type(obj), deep_merge(to_dict(obj), changes), where)
 
 
-EXTENDS = "extends"
-APPEND = "+"  # suffix of a key that appends to the inherited list
-
-
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
     """The YAML document at ``path``; a mapping with ``extends: other.yaml`` (relative to this
     file) is that file's mapping with this one deep-merged over it, so a variant config names
-    only what it changes (lists are replaced; ``key+`` appends to the inherited list). Paths inside the merged mapping are read as the extending file's
-    own (keep variants beside what they extend). Errors name the file."""
+    only what it changes (:func:`deep_merge`: ``key+`` appends to the inherited list). Paths
+    inside the merged mapping are read as the extending file's own (keep variants beside what
+    they extend). Errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - safe
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    if not isinstance(data, dict) or EXTENDS not in data:
+    if not isinstance(data, dict):
         return data
-    parent = data.pop(EXTENDS)
-    if not isinstance(parent, str) or not parent:
-        raise ConfigError(f"{path}: '{EXTENDS}' must name a YAML file, got {parent!r}")
-    target = (path.parent / parent).resolve()
-    chain = (*_chain, path.resolve())
-    if target in chain:
-        raise ConfigError(f"{path}: '{EXTENDS}: {parent}' forms a cycle "
-                          f"({' -> '.join(p.name for p in (*chain, target))})")
-    base = read_yaml(target, chain)
-    if not isinstance(base, dict):
-        raise ConfigError(f"{target}: expected a mapping (extended by {path})")
-    return _merge_over(base, data, path)
-
-
-def _merge_over(base: dict, changes: dict, path: Path, where: str = "") -> dict:
-    """:func:`deep_merge` for ``extends``, where a key written ``name+`` appends its list to the
-    inherited list ``name`` (``sources+: [{name: Toys, path: Toys.tar.gz}]`` adds a domain)."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        name = key[:-1] if isinstance(key, str) and key.endswith(APPEND) else None
-        if name is None:
-            inner = out.get(key) if isinstance(out.get(key), dict) else {}
-            out[key] = _merge_over(inner, value, path, f"{where}{key}.") \
-                if isinstance(value, dict) else copy.deepcopy(value)
-            continue
-        inherited = out.get(name, [])
-        if name in changes or not isinstance(value, list) or not isinstance(inherited, list):
-            raise ConfigError(f"{path}: '{where}{key}' appends a list to the inherited list "
-                              f"'{where}{name}' (and is not given beside it)")
-        out[name] = inherited + copy.deepcopy(value)
-    return out
+    parent = data.pop(EXTENDS, None)
+    base: Any = {}
+    if parent is not None:
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{path}: '{EXTENDS}' must name a YAML file, got {parent!r}")
+        target = (path.parent / parent).resolve()
+        chain = (*_chain, path.resolve())
+        if target in chain:
+            raise ConfigError(f"{path}: '{EXTENDS}: {parent}' forms a cycle "
+                              f"({' -> '.join(p.name for p in (*chain, target))})")
+        base = read_yaml(target, chain)
+        if not isinstance(base, dict):
+            raise ConfigError(f"{target}: expected a mapping (extended by {path})")
+    try:
+        return deep_merge(base, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:

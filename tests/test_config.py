@@ -31,11 +31,14 @@ def test_bad_config_names_file_and_key(tmp_path, text, message):
 
 
 def test_exponent_floats_read_as_numbers(tmp_path):
-    """PyYAML (YAML 1.1) reads ``1e-3`` and ``1e-12`` as strings; a float field takes them."""
+    """PyYAML (YAML 1.1) reads ``1e-3`` and ``1e-12`` as strings; the loader reads YAML 1.2's
+    floats."""
     path = tmp_path / "run.yaml"
-    path.write_text("train: {lr: 3e-4}\nmodel: {text_eps: 1e-12}\n")
+    path.write_text("train: {lr: 3e-4}\nmodel: {text_eps: 1e-12}\n"
+                    "federation: {silo_train: {beauty: {lr: 1e-4}}}\n")
     cfg = load_yaml(PipelineConfig, path)
     assert cfg.train.lr == 3e-4 and cfg.model.text_eps == 1e-12
+    assert cfg.federation.silo_train["beauty"]["lr"] == 1e-4  # untyped mappings too
     with pytest.raises(ConfigError, match="model.hidden: expected an integer"):
         from_dict(PipelineConfig, {"model": {"hidden": "1e2"}})
 
@@ -70,7 +73,18 @@ def test_a_variant_appends_a_source_with_a_plus_key(tmp_path):
         ("Beauty", "Beauty.tar.gz"), ("Sports", "Sports.tar.gz"), ("Toys", "/elsewhere/Toys")]
 
 
+def test_plus_keys_append_in_every_merge():
+    from common.config import deep_merge
+
+    base = {"data": {"sources": [{"name": "A"}]}, "seed": 0}
+    assert deep_merge(base, {"data": {"sources+": [{"name": "B"}]}})["data"]["sources"] == [
+        {"name": "A"}, {"name": "B"}]
+    with pytest.raises(ConfigError, match="'seed\\+' appends a list to an inherited list"):
+        deep_merge(base, {"seed+": [1]})
+
+
 @pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "data: {sources+: [{name: X}]}\n"}, "a.yaml: 'data.sources+' appends a list"),
     ({"a.yaml": "extends: b.yaml\ndata: {sources+: {name: X}}\n", "b.yaml": "seed: 1\n"},
      "a.yaml: 'data.sources+' appends a list"),
     ({"a.yaml": "extends: b.yaml\nmerges: []\nmerges+: [{method: ties}]\n", "b.yaml": "seed: 1\n"},
