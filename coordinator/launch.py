@@ -51,7 +51,10 @@ class SiloSpec:
             parts.append("eval-only=true")
         if self.query_budget:
             parts.append(f"query-budget={self.query_budget}")
-        for key, value in self.train.items():  # the silo's own fine-tuning settings
+        own = {k: v for k, v in self.train.items() if k != "dp"}  # the silo's own fine-tuning
+        own.update({f"dp_{k}": v for k, v in (self.train.get("dp") or {}).items()  # settings
+                    if v is not None})
+        for key, value in own.items():
             if not isinstance(value, (bool, int, float)):
                 raise SystemExit(f"error: silo {self.name}: train.{key} = {value!r} cannot be a "
                                  "node config value (numbers and true/false only)")

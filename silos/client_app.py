@@ -35,6 +35,7 @@ from .records import from_record, to_record
 app = ClientApp()
 _SILOS: dict[tuple[str, str], Silo] = {}  # reused across messages handled by one process
 TRAIN_PREFIX = "train-"
+TRAIN_DP_PREFIX = "train-dp-"  # the silo's own DP settings (TrainConfig.dp)
 
 
 def root_dir(ctx: Context) -> Path:
@@ -44,9 +45,16 @@ def root_dir(ctx: Context) -> Path:
 
 def own_train_settings(node_config: Mapping[str, object]) -> dict[str, object]:
     """The silo's own fine-tuning settings from its node config: ``train-batch-size=32`` →
-    ``{"batch_size": 32}`` (any :class:`~common.training.TrainConfig` key)."""
-    return {key[len(TRAIN_PREFIX):].replace("-", "_"): value for key, value in node_config.items()
-            if key.startswith(TRAIN_PREFIX)}
+    ``{"batch_size": 32}`` (any :class:`~common.training.TrainConfig` key), and its DP settings
+    ``train-dp-epsilon=8.0`` → ``{"dp": {"epsilon": 8.0}}``."""
+    out: dict[str, object] = {}
+    for key, value in node_config.items():
+        if key.startswith(TRAIN_DP_PREFIX):
+            dp = out.setdefault("dp", {})
+            dp[key[len(TRAIN_DP_PREFIX):].replace("-", "_")] = value  # type: ignore[index]
+        elif key.startswith(TRAIN_PREFIX):
+            out[key[len(TRAIN_PREFIX):].replace("-", "_")] = value
+    return out
 
 
 POLICY_KEYS = {  # node config key -> SiloPolicy field (flat keys, as Flower's node config holds)

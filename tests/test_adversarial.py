@@ -16,6 +16,7 @@ from common.evaluation import EvalConfig
 from common.federated import (EVALUATE, QUERY, TRAIN, LocalFederation, Payload, QueryRefused,
                               RunSettings, Silo, SiloConfig, SiloPolicy, run_coordinator)
 from common.federated.budget import Budget
+from common.federated.coordinator import assemble_results
 from common.federated.protocol import (EvalRequest, TrainReply, TrainRequest, decode_answer,
                                        decode_eval_reply, decode_train_reply,
                                        decode_train_request, encode_eval_reply,
@@ -24,6 +25,7 @@ from common.federated.protocol import (EvalRequest, TrainReply, TrainRequest, de
 from common.model import ModelConfig, build_base_model
 from common.pipeline import local_silos
 from common.training import TrainConfig
+from common.training.accountant import DPConfig
 from coordinator.flower_federation import accept_claims
 from tests.conftest import print_tally
 from tests.runs import TINY, tiny_config
@@ -107,6 +109,28 @@ def test_lifetime_budget_holds_across_run_ids_and_restarts(tmp_path, domain):
     with pytest.raises(QueryRefused, match="6 pseudo-user rows"):
         _silo(tmp_path / "t", domain, budget=budget).handle(QUERY, encode_query([[1]], None), "b")
     handled("query budget reset by new run ids and restarts", True)
+
+
+def test_training_again_does_not_reset_the_query_budget(tmp_path, domain):
+    silo = _silo(tmp_path, domain, query_budget=4)
+    for _ in range(2):
+        silo.handle(TRAIN, encode_train_request(TrainRequest(BASE, RUN, TrainConfig(epochs=1))), "r")
+        try:
+            silo.handle(QUERY, encode_query([[1], [2], [3]], None), "r")
+            refused = False
+        except QueryRefused:
+            refused = True
+    handled("per-run query budget reset by a second TRAIN", refused)
+
+
+def test_dp_is_the_silos_own(tmp_path):
+    """The run cannot weaken a silo's DP: no noise multiplier from the coordinator, and a
+    silo's own DP settings replace the run's whole."""
+    asked = TrainConfig(dp=DPConfig(epsilon=8.0, noise_multiplier=1e-4, clip_norm=10.0))
+    plain = SiloConfig("beauty", str(tmp_path)).train_config(asked)
+    own = SiloConfig("beauty", str(tmp_path), train={"dp": {"epsilon": 1.0}}).train_config(asked)
+    handled("a coordinator-chosen DP noise multiplier",
+            plain.dp == DPConfig(epsilon=8.0, clip_norm=10.0) and own.dp == DPConfig(epsilon=1.0))
 
 
 def test_eval_only_silos_follow_the_same_policy(tmp_path, domain):
@@ -356,6 +380,9 @@ def _mutations() -> dict[str, Payload]:
     p = _train_payload()
     p.metrics["loss"] = float("nan")
     out["NaN training metric"] = p
+    p = _train_payload()
+    p.arrays["item-vectors"] = np.full((2, 3), np.nan, np.float32)
+    out["catalogue as texts and (unchecked) vectors"] = p
     return out
 
 
@@ -377,7 +404,9 @@ def _eval_reply_cases() -> dict[str, Payload]:
                           ("NaN metric", {"θ₀": {"recall@10": float("nan")}}),
                           ("unknown metric", {"θ₀": {"accuracy": 0.5}}),
                           ("extra model label", {**good, "injected": {"recall@10": 0.9}}),
-                          ("missing model label", {})):
+                          ("missing model label", {}),
+                          ("a model without the others' metrics",
+                           {**good, "popularity": {"recall@10": 0.5}})):
         cases[name] = encode_eval_reply(results, "x", {})
     p = encode_eval_reply(good, "x", {})
     p.metrics["9/recall@10"] = 0.1
@@ -426,6 +455,13 @@ def test_a_malformed_reply_is_a_recorded_failure_not_a_crash(tmp_path):
     report = run_coordinator(cfg.coordinator(), LocalFederation(silos), log=lambda _: None)
     handled("a malformed evaluation reply stopping the run",
             report["failures"][0]["silo"] == "pantry" and "pantry" not in report["results"]["average"])
+
+
+def test_silos_with_their_own_cut_offs_average_on_what_they_share():
+    per_silo = {"a": {"m": {"recall@10": 0.1, "recall@20": 0.3}},
+                "b": {"m": {"recall@10": 0.3, "recall@50": 0.9}}}
+    row = assemble_results(per_silo, ["a", "b"], [], ["m"])["m"]
+    handled("silos evaluating at different cut-offs", row["average"] == {"recall@10": 0.2})
 
 
 def test_zz_print_the_count():

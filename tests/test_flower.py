@@ -66,11 +66,11 @@ def test_own_training_settings_travel_in_the_node_config():
     from coordinator.launch import SiloSpec
     from silos.client_app import own_train_settings
 
-    own = {"batch_size": 16, "lr": 0.001, "bf16": False}
+    own = {"batch_size": 16, "lr": 0.001, "bf16": False, "dp": {"epsilon": 8.0, "clip_norm": 0.5}}
     node_config = parse_config_args([SiloSpec("pantry", ".", train=own).node_config(Path("/w"))])
     assert own_train_settings(node_config) == own
-    with pytest.raises(SystemExit, match="silo pantry: train.dp"):
-        SiloSpec("pantry", ".", train={"dp": {"epsilon": 8.0}}).node_config(Path("/w"))
+    with pytest.raises(SystemExit, match="silo pantry: train.loss"):
+        SiloSpec("pantry", ".", train={"loss": "in_batch"}).node_config(Path("/w"))
 
 
 def _launch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:

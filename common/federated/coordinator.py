@@ -405,9 +405,10 @@ def assemble_results(per_silo: dict[str, dict[str, dict[str, float]]], seen: lis
     for row in results.values():
         for avg_name, group in (("average", seen), ("average unseen", unseen)):
             present = [n for n in group if n in row]
-            if present:
+            if present:  # the metrics every one of them reports (cut-offs are a silo's own)
+                shared = [k for k in row[present[0]] if all(k in row[n] for n in present)]
                 row[avg_name] = {k: sum(row[n][k] for n in present) / len(present)
-                                 for k in row[present[0]]}
+                                 for k in shared}
     return results
 
 

@@ -207,9 +207,11 @@ def encode_train_reply(rep: TrainReply, silo: str) -> Payload:
 def decode_train_reply(p: Payload, base: Layout, max_items: int) -> TrainReply:
     """A silo's update, checked before anything is copied: weights exactly in θ₀'s layout, a
     catalogue of at most ``max_items`` items (texts of at most ``MAX_TEXT_CHARS`` characters,
-    or float32 vectors), finite metrics. Anything else raises ``ValueError``."""
+    or float32 vectors, never both), finite metrics. Anything else raises ``ValueError``."""
     weights = _unpack(p, "weights", expected=base)
     texts, vectors = p.config.get("item-texts"), p.arrays.get("item-vectors")
+    if texts is not None and vectors is not None:
+        raise ValueError("a catalogue is sent as texts or as vectors, not both")
     if texts is not None:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise ValueError("item texts must be a list of strings")
@@ -329,7 +331,8 @@ def encode_eval_reply(results: dict[str, dict[str, float]], silo: str,
 def decode_eval_reply(p: Payload, asked: list[str]
                       ) -> tuple[dict[str, dict[str, float]], dict[str, object]]:
     """Metrics per model label and the protocol the silo used. The labels must be the ones
-    asked for (plus ``popularity``), every metric a known one with a finite value in [0, 1]."""
+    asked for (plus ``popularity``), each with the same metrics, every metric a known one with
+    a finite value in [0, 1]."""
     labels = p.config.get("labels")
     if not isinstance(labels, list) or not set(labels) <= {*asked, "popularity"} \
             or not set(asked) <= set(labels):
@@ -342,6 +345,9 @@ def decode_eval_reply(p: Payload, asked: list[str]
         if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
             raise ValueError(f"{labels[int(i)]} {metric} = {value!r} is not a rate in [0, 1]")
         out[str(labels[int(i)])][metric] = float(value)
+    metric_sets = {tuple(sorted(m)) for m in out.values()}
+    if len(metric_sets) != 1 or not next(iter(metric_sets)):
+        raise ValueError("every model answered must carry the same, non-empty set of metrics")
     try:
         protocol = json.loads(str(p.config.get("protocol", "{}")))
     except json.JSONDecodeError:

@@ -21,7 +21,7 @@ import logging
 import re
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -106,8 +106,15 @@ class SiloConfig:
         self.train_config(TrainConfig())  # a bad override fails when the silo is set up
 
     def train_config(self, coordinator: TrainConfig) -> TrainConfig:
-        """The coordinator's fine-tuning settings with this silo's own over them."""
-        return with_overrides(coordinator, self.train, f"silo {self.name}: train")
+        """The coordinator's fine-tuning settings with this silo's own over them. DP is the
+        silo's: its own ``dp`` replaces the run's whole, and a noise multiplier never comes
+        from the coordinator (the silo calibrates it to the ε asked for)."""
+        asked = coordinator
+        if "dp" in self.train:
+            asked = replace(asked, dp=None)
+        elif asked.dp is not None:
+            asked = replace(asked, dp=replace(asked.dp, noise_multiplier=None))
+        return with_overrides(asked, self.train, f"silo {self.name}: train")
 
 
 class Silo:
@@ -197,8 +204,10 @@ class Silo:
         state, stats = fine_tune_cached(req.base, req.run.model, [self.domain], [feats], train_cfg,
                                         ckpt_dir)
         path = checkpoint_path(ckpt_dir, req.base, req.run.model, train_cfg, [self.domain])
+        earlier = self._read_run(run_id)  # training again in a run keeps its query count
         self._write_run(run_id, {"checkpoint": str(path), "run": json.loads(str(request.config["run"])),
-                                 "queries": 0, "dp_epsilon": stats.get("dp_epsilon")})
+                                 "queries": int(earlier["queries"]) if earlier else 0,
+                                 "dp_epsilon": stats.get("dp_epsilon")})
         own = {OWN_TRAIN_METRIC + k: float(v) for k, v in self.cfg.train.items()
                if isinstance(v, (int, float))}
         reply = TrainReply(state, state_hash(req.base), {**stats, **own, "num-examples": float(
