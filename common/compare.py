@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .data import Domain, DataError, load_mergerec_json, load_recbole
@@ -45,7 +46,7 @@ def compare_report(packages: dict[str, str], weights: dict[str, str], domain_pat
         assert first is not None
         try:
             model = model_from_state(first.model, load_file(str(path)))
-        except (ValueError, RuntimeError, OSError) as exc:
+        except (ValueError, RuntimeError, OSError, SafetensorError) as exc:
             raise DataError(f"{path}: not weights of the packages' architecture ({exc})") from None
         recs[name] = Recommender(model, first, catalogue)
     histories, targets = domain.eval_examples(split)  # type: ignore[arg-type]

@@ -35,15 +35,28 @@ def _table(histories: list[list[str]], recs) -> str:  # type: ignore[no-untyped-
     return "\n".join(lines)
 
 
+def read_histories(path: Path) -> list[list[str | int]]:
+    """One JSON list of item ids, titles or indices per non-empty line; errors name the line."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            history = json.loads(line)
+        except json.JSONDecodeError:
+            history = None
+        if not isinstance(history, list) or not all(
+                isinstance(e, (str, int)) and not isinstance(e, bool) for e in history):
+            raise ValueError(f"{path}, line {n}: expected a JSON list of item ids, titles or "
+                             f"indices, got {line.strip()[:60]!r}")
+        out.append(history)
+    return out
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
-    if args.histories:
-        histories = [json.loads(line) for line in Path(args.histories).read_text().splitlines()
-                     if line.strip()]
-    else:
-        histories = [args.history]
+    histories = read_histories(Path(args.histories)) if args.histories else [args.history]
     rec = Recommender.open(args.model, args.catalogue)
-    exclude = None if args.exclude is None else args.exclude
-    recs = rec.recommend(histories, args.k, exclude)
+    recs = rec.recommend(histories, args.k, args.exclude)
     if args.json:
         print(json.dumps([{"history": h, "items": [vars(r) for r in items]}
                           for h, items in zip(histories, recs)], indent=2, ensure_ascii=False))

@@ -23,7 +23,7 @@ from .backbone import item_inputs
 from .data import DataError, load_mergerec_json, load_recbole
 from .model import TextSeqRec, pad_sequences
 from .package import PackageInfo, load_package
-from .runtime import default_cache, on_device
+from .runtime import compute_device, default_cache
 
 ID_COLUMNS = ("item_id", "id", "asin")
 TEXT_COLUMNS = ("title", "brand", "category", "categories")
@@ -125,9 +125,10 @@ class Recommender:
         self.model, self.info, self.catalogue = model, info, catalogue
         inputs = item_inputs(catalogue.texts, info.encoder, info.model, info.center_features,
                              Path(cache_dir or default_cache()) / "features", catalogue.name)
-        with torch.no_grad(), on_device(model, eval_mode=True) as device:
-            self.device = device
-            self.item_emb = model.encode_items(inputs.float().to(device))
+        self.device = compute_device()  # moved once: requests served in threads share it
+        model.to(self.device).eval()
+        with torch.no_grad():
+            self.item_emb = model.encode_items(inputs.float().to(self.device))
 
     @classmethod
     def open(cls, model_dir: str | Path, catalogue: str | Path | Catalogue,
@@ -139,16 +140,15 @@ class Recommender:
     @torch.no_grad()
     def scores(self, histories: list[list[int]]) -> torch.Tensor:
         """Scores [B, N] of every item for item-index histories (the evaluation's scores)."""
-        with on_device(self.model, eval_mode=True) as device:
-            seqs, lengths = pad_sequences(histories, self.model.cfg.max_len)
-            return self.model.score_sequences(self.item_emb, seqs.to(device),
-                                              lengths.to(device)).float().cpu()
+        seqs, lengths = pad_sequences(histories, self.model.cfg.max_len)
+        return self.model.score_sequences(self.item_emb, seqs.to(self.device),
+                                          lengths.to(self.device)).float().cpu()
 
     def recommend(self, histories: list[list[str | int]], k: int = 10,
                   exclude_history: bool | None = None) -> list[list[Recommendation]]:
         """Top ``k`` items for each history (item ids, titles or indices, oldest first).
         ``exclude_history``: drop items already in the history (default: as the run's
-        evaluation protocol did)."""
+        evaluation protocol did; fewer than ``k`` come back when the catalogue runs out)."""
         if exclude_history is None:
             exclude_history = bool(self.info.protocol.get("mask_history", False))
         if not 1 <= k <= len(self.catalogue.texts):
@@ -166,7 +166,8 @@ class Recommender:
             # stable sort: equal scores keep the lower item index first, as the evaluation ranks
             order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
             for r in range(len(part)):
+                kept = [i for i in order[r].tolist() if scores[r, i] != float("-inf")]
                 out.append([Recommendation(self.catalogue.item_ids[i], self.catalogue.texts[i],
                                            float(scores[r, i]), rank + 1)
-                            for rank, i in enumerate(order[r].tolist())])
+                            for rank, i in enumerate(kept)])
         return out

@@ -84,6 +84,8 @@ def create_app(recommenders: dict[tuple[str, str], Recommender], max_batch: int 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
         size = request.headers.get("content-length")
+        if size is None and request.method == "POST":  # a chunked body would escape the bound
+            return JSONResponse({"error": "send the body with a Content-Length"}, status_code=411)
         if size is not None and (not size.isdigit() or int(size) > max_body):
             return JSONResponse({"error": f"request body over {max_body} bytes"}, status_code=413)
         try:
@@ -133,7 +135,12 @@ def create_app(recommenders: dict[tuple[str, str], Recommender], max_batch: int 
 
 def load_recommenders(model_dirs: list[str], catalogues: dict[str, str]
                       ) -> dict[tuple[str, str], Recommender]:
-    """Every model with every catalogue (models named by their folder)."""
+    """Every model with every catalogue (models named by their folder; two folders of one
+    name are refused rather than one hiding the other)."""
+    names = [Path(folder).name for folder in model_dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model folders with the same name {sorted(names)}: a model is "
+                         "addressed by its folder name, give each a distinct one")
     loaded: dict[str, Catalogue] = {name: load_catalogue(path) for name, path in catalogues.items()}
     out = {}
     for folder in model_dirs:

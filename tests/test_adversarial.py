@@ -371,6 +371,9 @@ def _mutations() -> dict[str, Payload]:
     p.config["weights#layout"] = json.dumps([["w", [2 ** 20, 2 ** 20]]])
     out["layout declaring 2^40 values"] = p
     p = _train_payload()
+    p.config["weights#layout"] = json.dumps([["w", [2 ** 32, 2 ** 32]]])
+    out["layout whose size overflows int64 to 0"] = p
+    p = _train_payload()
     lay = json.loads(str(p.config["weights#layout"]))
     p.config["weights#layout"] = json.dumps([lay[0], lay[0], *lay[2:]])
     out["duplicate tensor name"] = p

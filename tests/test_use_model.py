@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,9 @@ def test_recommendations_rank_as_the_evaluation_does(run):
     excluded = rec.recommend(histories[:3], k=10, exclude_history=True)
     assert all(domain.item_keys.index(r.item_id) not in h for h, items in zip(histories, excluded)
                for r in items)
+    [every] = rec.recommend(histories[:1], k=domain.num_items, exclude_history=True)
+    assert len(every) == domain.num_items - len(set(histories[0]))  # no history item at -inf
+    assert all(math.isfinite(r.score) for r in every)
 
 
 def test_a_domain_that_never_took_part(run, tmp_path):
@@ -133,6 +137,9 @@ def test_cli_prints_a_table_or_json_and_names_bad_input(run, tmp_path, capsys):
     assert model_cli(args[:5] + ["--history", "nothing like this"]) == 2
     assert "not an item id or title" in capsys.readouterr().err
     assert model_cli(["info", "--model", str(tmp_path)]) == 2
+    (tmp_path / "h.jsonl").write_text(json.dumps([keys[0]]) + "\n\n42\n")
+    assert model_cli(args[:5] + ["--histories", str(tmp_path / "h.jsonl")]) == 2
+    assert "h.jsonl, line 3: expected a JSON list" in capsys.readouterr().err
 
 
 def test_compare_report_marks_the_next_item(run, tmp_path):
@@ -210,6 +217,20 @@ def test_service_refuses_oversized_batches_and_bodies(server):
     huge = httpx.post(f"{url}/recommend", content=b"{" + b" " * (2 << 20) + b"}",
                       headers={"content-type": "application/json"})
     assert huge.status_code == 413
+    chunked = httpx.post(f"{url}/recommend", content=iter([b"{", b" " * 1024, b"}"]),
+                         headers={"content-type": "application/json"})
+    assert chunked.status_code == 411  # a body without a length is not read at all
+
+
+def test_two_model_folders_of_one_name_are_refused(run, tmp_path):
+    from common.serve import load_recommenders
+
+    models, _, _, _ = run
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / "average"
+    twin.symlink_to(models / "average", target_is_directory=True)
+    with pytest.raises(ValueError, match="same name"):
+        load_recommenders([str(models / "average"), str(twin)], {})
 
 
 def test_service_under_a_short_load_from_another_process(server):

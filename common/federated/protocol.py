@@ -10,6 +10,7 @@ passes around too, so both transports send exactly the same content. The ``encod
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Union
@@ -137,7 +138,7 @@ def _layout(p: Payload, key: str, max_values: int) -> Layout:
         layout = [(str(n), [int(d) for d in shape]) for n, shape in raw]
     except (ValueError, TypeError) as exc:
         raise ValueError(f"'{key}': unreadable layout ({type(exc).__name__})") from None
-    sizes = [int(np.prod(shape)) if all(d >= 0 for d in shape) else -1 for _, shape in layout]
+    sizes = [math.prod(shape) if all(d >= 0 for d in shape) else -1 for _, shape in layout]
     flat = p.arrays[key]
     if min(sizes, default=0) < 0 or sum(sizes) > max_values:
         raise ValueError(f"'{key}': the layout declares negative or more than {max_values} values")
@@ -166,7 +167,7 @@ def _unpack(p: Payload, key: str, expected: Layout | None = None,
     out, start = {}, 0
     tensor = torch.from_numpy(np.array(p.arrays[key], copy=True))
     for name, shape in layout:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         out[name] = tensor[start:start + size].reshape(shape).clone()
         start += size
     return out
