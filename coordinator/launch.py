@@ -21,12 +21,14 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from common.config import ConfigError, load_yaml
 from common.data import write_mergerec_json
 from common.experiment import PipelineConfig, load_domains
+from common.federated import SiloConfig
 from common.federated.coordinator import safe_name
+from common.pipeline import simulated_silo_config
+from silos.client_app import node_config_entries
 
 PROJECT = Path(__file__).resolve().parents[1]
 DONE = "finished:"
@@ -35,34 +37,37 @@ START_ATTEMPTS = 3  # flwr gives a local SuperLink 15 s to start; a busy 2-core 
 
 @dataclass
 class SiloSpec:
-    """One silo of a deployment: its name, data folder/archive and own settings."""
+    """One silo of a deployment: its data folder/archive and its own settings (written into
+    its node config: the silo reads nothing else)."""
 
-    name: str
     data: str
+    settings: SiloConfig
     fmt: str = "mergerec_json"
-    eval_only: bool = False
-    query_budget: int = 0
-    train: dict[str, Any] = field(default_factory=dict)
 
-    def node_config(self, work: Path, audit_dir: str = "") -> str:
-        parts = [f"silo='{self.name}'", f"data-dir='{Path(self.data).resolve()}'",
-                 f"format='{self.fmt}'", f"work-dir='{(work / 'silos' / self.name).resolve()}'"]
-        if self.eval_only:
-            parts.append("eval-only=true")
-        if self.query_budget:
-            parts.append(f"query-budget={self.query_budget}")
-        own = {k: v for k, v in self.train.items() if k != "dp"}  # the silo's own fine-tuning
-        own.update({f"dp_{k}": v for k, v in (self.train.get("dp") or {}).items()  # settings
-                    if v is not None})
-        for key, value in own.items():
-            if not isinstance(value, (bool, int, float)):
-                raise SystemExit(f"error: silo {self.name}: train.{key} = {value!r} cannot be a "
-                                 "node config value (numbers and true/false only)")
-            text = str(value).lower() if isinstance(value, bool) else repr(value)
-            parts.append(f"train-{key.replace('_', '-')}={text}")
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def node_config(self, audit_dir: str = "") -> str:
+        values: dict[str, object] = {"silo": self.name, "data-dir": str(Path(self.data).resolve()),
+                                     "format": self.fmt, "work-dir": self.settings.work_dir}
+        try:
+            values.update(node_config_entries(self.settings))
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
         if audit_dir:
-            parts.append(f"audit-dir='{Path(audit_dir).resolve()}'")
-        return " ".join(parts)
+            values["audit-dir"] = str(Path(audit_dir).resolve())
+        return " ".join(f"{k}={_node_value(v)}" for k, v in values.items())
+
+
+def _node_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        if "'" in value:
+            raise SystemExit(f"error: node config value {value!r} holds a quote")
+        return f"'{value}'"
+    return repr(value)
 
 
 @dataclass
@@ -324,7 +329,7 @@ def deploy(args: argparse.Namespace) -> int:
         silo_env = {**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         for spec in silos:
             procs.start(spec.name, [_bin("flower-supernode"), *supernode_args(
-                f"127.0.0.1:{port}", free_port(), spec.node_config(work, args.audit_dir or ""))],
+                f"127.0.0.1:{port}", free_port(), spec.node_config(args.audit_dir or ""))],
                         silo_env, work / "logs" / f"supernode-{spec.name}.log")
         values = {**common_overrides(args, output), "num-silos": len(silos)}
         overrides = toml_overrides(values, work / "run-overrides.toml")
@@ -358,12 +363,17 @@ def _experiment(args: argparse.Namespace) -> PipelineConfig:
 
 
 def _silo_specs(args: argparse.Namespace, cfg: PipelineConfig, work: Path) -> list[SiloSpec]:
-    """``--silo NAME=PATH`` entries, or the experiment's domains written out per silo."""
+    """``--silo NAME=PATH`` entries, or the experiment's domains written out per silo; each
+    with the settings the experiment gives that silo (as in simulation), ``--eval-only`` and
+    ``--query-budget`` on top."""
     eval_only = set(args.eval_only.split(",")) if args.eval_only else set()
-    own = cfg.federation.silo_train
 
     def spec(name: str, path: str, fmt: str = "mergerec_json") -> SiloSpec:
-        return SiloSpec(name, path, fmt, name in eval_only, args.query_budget, own.get(name, {}))
+        settings = simulated_silo_config(cfg, name, (work / "silos" / name).resolve())
+        settings.eval_only = settings.eval_only or name in eval_only
+        if args.query_budget:
+            settings.policy.query_budget = args.query_budget
+        return SiloSpec(path, settings, fmt)
 
     if args.silo:
         specs = []

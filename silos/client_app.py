@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -65,6 +65,32 @@ POLICY_KEYS = {  # node config key -> SiloPolicy field (flat keys, as Flower's n
 BUDGET_KEYS = {"budget-eval-calls": "eval_calls", "budget-models": "models_evaluated",
                "budget-rows": "distill_rows"}
 EVAL_KEYS = {"eval-split": "split", "eval-max-users": "max_users", "eval-mask-history": "mask_history"}
+
+
+def node_config_entries(cfg: SiloConfig) -> dict[str, bool | int | float | str]:
+    """A silo's own settings as the flat node-config keys this app reads (the inverse of
+    :func:`node_policy` and :func:`own_train_settings`), for a launcher that starts silos
+    with the settings an experiment gives them. Only numbers, true/false and strings fit."""
+    pol = cfg.policy
+    out: dict[str, Any] = {"eval-only": True} if cfg.eval_only else {}
+    out.update({key: getattr(pol, name) for key, name in POLICY_KEYS.items()})
+    out.update({key: getattr(pol.budget, name) for key, name in BUDGET_KEYS.items()})
+    out.update({key: getattr(pol.eval, name) for key, name in EVAL_KEYS.items()})
+    out["eval-ks"] = ",".join(str(k) for k in pol.eval.ks)
+    if len(pol.encoder_dirs) > 1:
+        raise ValueError(f"silo {cfg.name}: a node config names one encoder folder, "
+                         f"not {pol.encoder_dirs}")
+    if pol.encoder_dirs:
+        out["encoder-dir"] = pol.encoder_dirs[0]
+    own = {f"{TRAIN_PREFIX}{k}": v for k, v in cfg.train.items() if k != "dp"}
+    own.update({f"{TRAIN_DP_PREFIX}{k}": v for k, v in (cfg.train.get("dp") or {}).items()})
+    out.update({key.replace("_", "-"): value for key, value in own.items()})
+    out = {k: v for k, v in out.items() if v is not None}
+    for key, value in out.items():
+        if not isinstance(value, (bool, int, float, str)):
+            raise ValueError(f"silo {cfg.name}: {key} = {value!r} cannot be a node config value "
+                             "(numbers, true/false and strings only)")
+    return out
 
 
 def node_policy(nc: Mapping[str, object]) -> SiloPolicy:

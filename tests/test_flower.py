@@ -17,7 +17,7 @@ from common.data import make_synthetic_domains
 from common.federated import MESSAGE_KINDS, QueryRefused
 from common.federated.protocol import TrainRequest, encode_query, encode_train_request
 from common.model import ModelConfig, build_base_model
-from common.pipeline import run_pipeline
+from common.pipeline import run_pipeline, simulated_silo_config
 from common.training import TrainConfig
 from common.federated import RunSettings
 from silos.client_app import app as client_app
@@ -60,17 +60,28 @@ def test_clientapp_handlers(tmp_path):
                            state=RecordDict(), run_config=ctx.run_config))
 
 
-def test_own_training_settings_travel_in_the_node_config():
+def test_a_deployed_silo_gets_the_experiments_settings_through_its_node_config(tmp_path):
+    """What the launcher writes into a silo's node config reads back as the same policy and
+    training settings that silo has in simulation (node config is all a deployed silo reads)."""
     from flwr.common.config import parse_config_args
 
     from coordinator.launch import SiloSpec
-    from silos.client_app import own_train_settings
+    from silos.client_app import node_policy, own_train_settings
 
-    own = {"batch_size": 16, "lr": 0.001, "bf16": False, "dp": {"epsilon": 8.0, "clip_norm": 0.5}}
-    node_config = parse_config_args([SiloSpec("pantry", ".", train=own).node_config(Path("/w"))])
+    own = {"batch_size": 16, "epochs": 2, "lr": 0.001, "loss": "in_batch",
+           "dp": {"epsilon": 8.0, "clip_norm": 0.5}}
+    cfg = tiny_config(tmp_path, eval={"split": "val", "ks": [5, 10], "max_users": 50},
+                      federation={"silo_train": {"pantry": own}, "query_budget": 300,
+                                  "silo_policy": {"share_weights": True, "min_users": 30,
+                                                  "budget": {"eval_calls": 9}}})
+    settings = simulated_silo_config(cfg, "pantry", tmp_path / "w")
+    node_config = parse_config_args([SiloSpec(".", settings).node_config()])
     assert own_train_settings(node_config) == own
-    with pytest.raises(SystemExit, match="silo pantry: train.loss"):
-        SiloSpec("pantry", ".", train={"loss": "in_batch"}).node_config(Path("/w"))
+    assert node_policy(node_config) == settings.policy
+    assert settings.policy.share_weights and tuple(settings.policy.eval.ks) == (5, 10)
+    settings.policy.encoder_dirs = ["/a", "/b"]
+    with pytest.raises(SystemExit, match="names one encoder folder"):
+        SiloSpec(".", settings).node_config()
 
 
 def _launch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
