@@ -107,6 +107,8 @@ def submit(args: argparse.Namespace) -> int:
 def until_done(args: argparse.Namespace) -> int:
     """Run ``args.command`` until it exits (its code) or the job's marker appears (0)."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SystemExit("error: until-done needs a command after --")
     child = subprocess.Popen(command)
     marker = Path(args.marker)
     while child.poll() is None:

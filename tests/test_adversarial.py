@@ -123,6 +123,13 @@ def test_training_again_does_not_reset_the_query_budget(tmp_path, domain):
     handled("per-run query budget reset by a second TRAIN", refused)
 
 
+def test_a_malformed_evaluation_request_is_refused_not_an_incident(tmp_path, domain):
+    silo = _silo(tmp_path, domain)
+    with pytest.raises(QueryRefused, match="malformed evaluation request"):
+        silo.handle(EVALUATE, Payload(config={"labels": ["a"]}), "r")
+    handled("an evaluation request without its weights", True)
+
+
 def test_dp_is_the_silos_own(tmp_path):
     """The run cannot weaken a silo's DP: no noise multiplier from the coordinator, and a
     silo's own DP settings replace the run's whole."""

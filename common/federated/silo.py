@@ -257,8 +257,11 @@ class Silo:
     def evaluate(self, request: Payload) -> Payload:
         """Aggregate metrics of the received models on the silo's own split, protocol and
         users (and popularity), released only over at least ``min_users`` users."""
-        req = decode_eval_request(request, self.policy.max_models_per_message,
-                                  self.policy.max_model_values)
+        try:
+            req = decode_eval_request(request, self.policy.max_models_per_message,
+                                      self.policy.max_model_values)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise QueryRefused(f"malformed evaluation request ({type(exc).__name__})") from None
         protocol = self.policy.eval
         users = len(self.domain.eval_examples(protocol.split)[0])
         if protocol.max_users is not None:
