@@ -61,6 +61,7 @@ POLICY_KEYS = {  # node config key -> SiloPolicy field (flat keys, as Flower's n
     "query-budget": "query_budget", "min-users": "min_users", "share-weights": "share_weights",
     "max-rows-per-message": "max_rows_per_message", "metric-epsilon": "metric_epsilon",
     "max-models-per-message": "max_models_per_message", "max-model-values": "max_model_values",
+    "max-answer-topk": "max_answer_topk",
 }
 BUDGET_KEYS = {"budget-eval-calls": "eval_calls", "budget-models": "models_evaluated",
                "budget-rows": "distill_rows"}
@@ -77,6 +78,7 @@ def node_config_entries(cfg: SiloConfig) -> dict[str, bool | int | float | str]:
     out.update({key: getattr(pol.budget, name) for key, name in BUDGET_KEYS.items()})
     out.update({key: getattr(pol.eval, name) for key, name in EVAL_KEYS.items()})
     out["eval-ks"] = ",".join(str(k) for k in pol.eval.ks)
+    out["catalogue-forms"] = ",".join(pol.catalogue_forms)
     if len(pol.encoder_dirs) > 1:
         raise ValueError(f"silo {cfg.name}: a node config names one encoder folder, "
                          f"not {pol.encoder_dirs}")
@@ -100,6 +102,9 @@ def node_policy(nc: Mapping[str, object]) -> SiloPolicy:
     values["eval"] = {EVAL_KEYS[k]: v for k, v in nc.items() if k in EVAL_KEYS}
     if "eval-ks" in nc:
         values["eval"]["ks"] = [int(k) for k in str(nc["eval-ks"]).split(",") if k.strip()]  # type: ignore[index]
+    if "catalogue-forms" in nc:
+        values["catalogue_forms"] = [f.strip() for f in str(nc["catalogue-forms"]).split(",")
+                                     if f.strip()]
     if nc.get("encoder-dir"):
         values["encoder_dirs"] = [str(Path(str(nc["encoder-dir"])).resolve())]
     if values.get("query_budget") == 0:

@@ -5,6 +5,7 @@ the last test prints the counts that ``docs/threat-model.md`` quotes."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,20 @@ def test_training_again_does_not_reset_the_query_budget(tmp_path, domain):
         except QueryRefused:
             refused = True
     handled("per-run query budget reset by a second TRAIN", refused)
+
+
+def test_the_silo_chooses_its_catalogue_form_and_answer_size(tmp_path, domain):
+    silo = _silo(tmp_path, domain, catalogue_forms=["vectors"], max_answer_topk=5)
+    asked = TrainRequest(BASE, RUN, TrainConfig(epochs=1))
+    with pytest.raises(QueryRefused, match="shares its catalogue only as vectors"):
+        silo.handle(TRAIN, encode_train_request(asked), "r")
+    silo.handle(TRAIN, encode_train_request(replace(asked, catalogue="vectors")), "r")
+    for topk in (None, 50):  # full score rows, a longer list
+        with pytest.raises(QueryRefused, match="only top-k lists of at most 5"):
+            silo.handle(QUERY, encode_query([[1, 2]], topk), "r")
+    answer = decode_answer(silo.handle(QUERY, encode_query([[1, 2]], 5), "r"), 1,
+                           domain.num_items, 5)
+    handled("a coordinator choosing raw texts and full score rows", answer.scores.shape == (1, 5))
 
 
 def test_a_malformed_evaluation_request_is_refused_not_an_incident(tmp_path, domain):

@@ -72,6 +72,9 @@ class RunSettings:
     model: ModelConfig
 
 
+CATALOGUE_FORMS = ("text", "vectors")  # how a silo may share its catalogue
+
+
 @dataclass
 class TrainRequest:
     base: StateDict

@@ -39,7 +39,8 @@ from ..model.recommender import ItemInputs
 from ..backbone import item_inputs
 from ..training import TrainConfig, checkpoint_path, fine_tune_cached
 from .budget import Budget, BudgetExceeded, BudgetLedger
-from .protocol import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, RunSettings, TrainReply,
+from .protocol import (CATALOGUE_FORMS, EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused,
+                       RunSettings, TrainReply,
                        decode_eval_request, decode_sequences, decode_train_request, encode_answer,
                        encode_eval_reply, encode_train_reply)
 
@@ -58,7 +59,9 @@ class SiloPolicy:
     message it accepts. ``share_weights``: other silos may evaluate its fine-tuned weights (the
     cross-domain matrix); off by default. ``encoder_dirs``: local encoder folders it accepts
     besides the packaged MiniLM and the hashing encoder. ``metric_epsilon``: Laplace noise of
-    scale 1 / (users · ε) on every released metric (``None``: none).
+    scale 1 / (users · ε) on every released metric (``None``: none). ``catalogue_forms``: how
+    it may share its catalogue (``text``, ``vectors``). ``max_answer_topk``: teacher answers
+    only as top-k lists of at most this many items (``None``: full score rows allowed).
     """
 
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -71,8 +74,15 @@ class SiloPolicy:
     share_weights: bool = False
     encoder_dirs: list[str] = field(default_factory=list)
     metric_epsilon: float | None = None
+    catalogue_forms: list[str] = field(default_factory=lambda: list(CATALOGUE_FORMS))
+    max_answer_topk: int | None = None
 
     def __post_init__(self) -> None:
+        if not set(self.catalogue_forms) <= set(CATALOGUE_FORMS):
+            raise ValueError(f"catalogue_forms must be among {list(CATALOGUE_FORMS)}, "
+                             f"got {self.catalogue_forms}")
+        if self.max_answer_topk is not None and self.max_answer_topk < 1:
+            raise ValueError(f"max_answer_topk must be >= 1, got {self.max_answer_topk}")
         if self.min_users < 1:
             raise ValueError(f"min_users must be >= 1, got {self.min_users}")
         if self.metric_epsilon is not None and self.metric_epsilon <= 0:
@@ -195,6 +205,9 @@ class Silo:
             req = decode_train_request(request, self.policy.max_model_values)
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryRefused(f"malformed training request ({type(exc).__name__})") from None
+        if req.catalogue not in self.policy.catalogue_forms:
+            raise QueryRefused(f"silo {self.cfg.name} shares its catalogue only as "
+                               f"{' or '.join(self.policy.catalogue_forms) or 'nothing'}")
         if req.catalogue == "vectors" and req.run.model.text_layers:
             raise QueryRefused("catalogue 'vectors' needs frozen item vectors "
                                "(the run trains text encoder layers)")
@@ -236,6 +249,10 @@ class Silo:
         topk = request.config.get("topk", 0)
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 0:
             raise QueryRefused("topk must be a non-negative integer")
+        cap = self.policy.max_answer_topk
+        if cap is not None and not 1 <= topk <= cap:
+            raise QueryRefused(f"silo {self.cfg.name} answers only top-k lists of at most {cap} "
+                               "items")
         if request.config.get("require-dp") and record.get("dp_epsilon") is None:
             raise QueryRefused(f"silo {self.cfg.name}: the run asks for DP but this silo's model "
                                "was not trained with DP; it answers no queries")
