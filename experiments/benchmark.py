@@ -81,9 +81,14 @@ def check_targets(report: dict) -> list[tuple[str, bool, str]]:
                        r10 >= 0.95 * in_domain, f"{r10:.4f} vs {in_domain:.4f} ({r10 / in_domain:.1%})"))
         checks.append((f"best learned merge ({best}) >= 1.10 x best training-free ({best_tf})",
                        r10 >= 1.10 * tf, f"{r10:.4f} vs {tf:.4f} ({r10 / tf - 1:+.1%})"))
-    total = report["total_seconds"]
+    reused = [t for t in report["training"].values() if t.get("reused_checkpoint")]
+    earlier = sum(t.get("seconds", 0.0) for t in reused)
+    total = report["total_seconds"] + earlier
+    note = "" if not reused else f", {earlier / 60:.1f} min of it the reused trainings' own time" \
+        if all("seconds" in t for t in reused) else \
+        f", plus {len(reused)} reused training(s) whose time their checkpoints do not record"
     checks.append((f"whole benchmark <= {TIME_LIMIT_MIN} min on this machine",
-                   total <= TIME_LIMIT_MIN * 60, f"{total / 60:.1f} min"))
+                   total <= TIME_LIMIT_MIN * 60, f"{total / 60:.1f} min{note}"))
     return checks
 
 
@@ -98,7 +103,8 @@ def training_table(report: dict) -> str:
     for name, t in report["training"].items():
         own = ", ".join(f"{k.removeprefix(OWN_TRAIN_METRIC)} {v:g}" for k, v in t.items()
                         if k.startswith(OWN_TRAIN_METRIC)) or "the run's"
-        secs = "reused" if t.get("reused_checkpoint") else f"{t['seconds']:.0f}"
+        secs = f"{t['seconds']:.0f}" if "seconds" in t else "?"
+        secs += " (reused)" if t.get("reused_checkpoint") else ""
         lines.append(f"| {name} | {own} | {t['epochs_run']:.0f} | {t['best_epoch']:.0f} | "
                      f"{t['best_val_ndcg@10']:.4f} | {secs} |")
     return "\n".join(lines)

@@ -71,10 +71,12 @@ def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, float]]:
 
 
 def keep_checkpoint(path: Path | None, result: TrainResult) -> tuple[StateDict, dict[str, float]]:
-    """Keep a training result's best weights at ``path`` (if any) with its stats in the
-    metadata, so a reuse reports them too; returns the weights and the stats."""
+    """Keep a training result's best weights at ``path`` (if any) with its stats (the training
+    time included) in the metadata, so a reuse reports them too; returns the weights and the
+    stats."""
     stats = {"best_epoch": float(result.best_epoch), "best_val_ndcg@10": result.best_val_ndcg10,
-             "epochs_run": float(len(result.history) - 1), **result.privacy}
+             "epochs_run": float(len(result.history) - 1), "seconds": result.seconds,
+             **result.privacy}
     if path is not None:
         atomic_save_safetensors(result.state_dict, path, metadata={k: repr(v) for k, v in stats.items()})
-    return result.state_dict, {**stats, "seconds": result.seconds, "reused_checkpoint": 0.0}
+    return result.state_dict, {**stats, "reused_checkpoint": 0.0}
