@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from experiments.runner import run_experiment
-from tests.runs import TINY, tiny_raw
+from tests.runs import TINY, tiny_config, tiny_raw
 
 
 def test_privacy_experiment_end_to_end(tmp_path):
@@ -279,4 +279,17 @@ def test_benchmark_targets_count_the_time_of_reused_trainings():
     assert not dict((n, ok) for n, ok, _ in check_targets(report))[
         "whole benchmark <= 60 min on this machine"]
     del report["training"]["Beauty"]["seconds"]
-    assert "whose time their checkpoints do not record" in check_targets(report)[-1][2]
+    _, met, measured = check_targets(report)[-1]
+    assert not met and "whose time their checkpoints do not record: not measured" in measured
+
+
+def test_benchmark_reuses_a_finished_seed_with_the_same_configuration(tmp_path, capsys):
+    from experiments.benchmark import run_seed
+
+    cfg = tiny_config(tmp_path, learned=[], merges=[{"method": "average"}])
+    first = run_seed(cfg, tmp_path / "seed0")
+    again = run_seed(tiny_config(tmp_path, learned=[], merges=[{"method": "average"}]),
+                     tmp_path / "seed0")
+    assert "finished run with this configuration, reused" in capsys.readouterr().out
+    assert again == json.loads((tmp_path / "seed0" / "report.json").read_text())
+    assert again["results"] == first["results"]
