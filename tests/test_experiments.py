@@ -2,6 +2,7 @@
 DP and membership inference, mean ± std tables, plots, resume and re-report."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -293,3 +294,14 @@ def test_benchmark_reuses_a_finished_seed_with_the_same_configuration(tmp_path, 
     assert "finished run with this configuration, reused" in capsys.readouterr().out
     assert again == json.loads((tmp_path / "seed0" / "report.json").read_text())
     assert again["results"] == first["results"]
+
+
+def test_readme_headline_matches_its_committed_report():
+    from experiments.headline import headline, readme_block
+    from experiments.publish import REPORTS
+
+    root = Path(__file__).resolve().parents[1]
+    if not (REPORTS / "benchmark" / "summary.json").is_file():
+        pytest.fail("experiments/reports/benchmark/ is missing: publish the benchmark first")
+    assert readme_block(root / "README.md") == headline()
+    assert (root / "README.md").stat().st_size <= 10_000
