@@ -203,6 +203,8 @@ class Silo:
             raise QueryRefused(f"silo {self.cfg.name} is evaluation-only: it does not train")
         try:
             req = decode_train_request(request, self.policy.max_model_values)
+        except QueryRefused:
+            raise
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryRefused(f"malformed training request ({type(exc).__name__})") from None
         if req.catalogue not in self.policy.catalogue_forms:
@@ -277,6 +279,8 @@ class Silo:
         try:
             req = decode_eval_request(request, self.policy.max_models_per_message,
                                       self.policy.max_model_values)
+        except QueryRefused:
+            raise
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryRefused(f"malformed evaluation request ({type(exc).__name__})") from None
         protocol = self.policy.eval
