@@ -57,6 +57,15 @@ def use_bf16(requested: bool) -> bool:
     return requested and bf16_matmul_is_fast()
 
 
+def reproducible(seed: int) -> None:
+    """Seed torch and make its kernels deterministic, so that one seed gives the same numbers
+    run after run (on CPU the backward of indexing, ``index_put_(accumulate=True)``, sums in a
+    thread-dependent order otherwise). Ops without a deterministic kernel only warn."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # no cost on torch.empty
+
+
 def compute_device() -> torch.device:
     """Where training, evaluation and merge learning run: ``$MERGEREC_DEVICE`` (``cpu``,
     ``cuda``, ``cuda:N``; default ``auto`` = the first CUDA GPU when there is one, else CPU).

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..merging.learned import Granularity, LearnedMerge
 from ..merging.methods import MergeInit, StateDict
 from ..model.recommender import ItemInputs, TextSeqRec, history_multi_hot, pad_sequences
-from ..runtime import compute_device, show_progress
+from ..runtime import compute_device, reproducible, show_progress
 from .losses import LossConfig, merge_loss
 from .teacher import TeacherSignal
 
@@ -91,7 +91,7 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
     for d in domains:
         if d.teacher is not None:
             d.teacher.validate(len(d.sequences))
-    torch.manual_seed(cfg.seed)
+    reproducible(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = compute_device()
     merge = LearnedMerge(base, init, cfg.granularity, model.layer_groups(), device)

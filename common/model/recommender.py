@@ -40,6 +40,16 @@ from .text_tower import TextTower
 ItemInputs = Union[torch.Tensor, TokenStates]
 
 
+def add_at(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+           values: torch.Tensor) -> torch.Tensor:
+    """``matrix[rows, cols] += values`` in place, repeated pairs summed, deterministically
+    (``index_put_(accumulate=True)`` sums in a thread-dependent order on CPU, so two runs of
+    one seed could differ in the last bits)."""
+    flat = matrix.view(-1)  # a contiguous [R, C] matrix: element (r, c) at r * C + c
+    flat.index_add_(0, rows * matrix.shape[1] + cols, values)
+    return matrix
+
+
 @dataclass
 class ModelConfig:
     """Architecture of the recommender. ``repeat_head``: the bonus of an item already in the
@@ -233,7 +243,7 @@ class TextSeqRec(nn.Module):
         rows, items = history
         beta = self.history_bias(item_emb)
         bonus = (beta * scale).expand(len(rows)) if beta.numel() == 1 else beta[items] * scale
-        return out.index_put_((rows, items), bonus.to(out.dtype), accumulate=True)
+        return add_at(out, rows, items, bonus.to(out.dtype))
 
     def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
                         lengths: torch.Tensor) -> torch.Tensor:

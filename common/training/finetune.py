@@ -14,7 +14,7 @@ from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
 from .accountant import DPConfig
-from ..runtime import autocast_bf16, on_device, show_progress
+from ..runtime import autocast_bf16, on_device, reproducible, show_progress
 from .batching import TrainBatch, bucketed_batches, training_sequences
 from .item_table import ItemTable
 from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy, unit_normalize
@@ -137,7 +137,7 @@ def train_epochs(model: torch.nn.Module, per_domain: list[list[list[int]]], max_
     improvement and the best weights are restored. ``model`` is already on ``device``;
     ``lr_of`` gives the parameters under a name prefix their own learning rate."""
     cfg = sched_cfg
-    torch.manual_seed(cfg.seed)
+    reproducible(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, lr_of or {}), lr=cfg.lr,
                             weight_decay=cfg.weight_decay)

@@ -14,7 +14,7 @@ from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, EvalResult, evaluate_scores
 from ..model.recommender import pad_sequences
 from ..model.sasrec import SASRec, SASRecConfig
-from ..runtime import on_device
+from ..runtime import on_device, reproducible
 from .batching import TrainBatch, training_sequences
 from .checkpoints import keep_checkpoint, read_checkpoint
 from .finetune import Schedule, TrainResult, train_epochs
@@ -44,7 +44,7 @@ def sasrec_cached(domain: Domain, cfg: SASRecConfig, checkpoint_dir: str | Path 
 def train_sasrec(domain: Domain, cfg: SASRecConfig) -> tuple[SASRec, TrainResult]:
     """A SASRec trained on ``domain``'s training split with full-softmax cross-entropy at every
     position, Adam(W), early stopping on validation NDCG@10 (best weights kept)."""
-    torch.manual_seed(cfg.seed)
+    reproducible(cfg.seed)
     model = SASRec(cfg, domain.num_items)
     per_domain = [training_sequences(domain.train, cfg.max_len)]
     no_history = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ..model.recommender import add_at
+
 
 class LogitsWorkspace:
     """A reusable flat fp32 buffer for the [positions × items] array of
@@ -51,7 +53,7 @@ class _CosineSoftmaxCE(torch.autograd.Function):
         with torch.autocast(users.device.type, enabled=False):
             torch.mm(users * scale, items.T, out=exp)
         bonus = (beta * scale).expand(len(rows)) if beta.numel() == 1 else beta[cols] * scale
-        exp.index_put_((rows, cols), bonus, accumulate=True)
+        add_at(exp, rows, cols, bonus)
         target_logit = exp.gather(1, targets[:, None]).squeeze(1)
         row_max = exp.amax(1)
         exp.sub_(row_max[:, None]).exp_()
