@@ -13,6 +13,7 @@ requests sent one after another and by 4 concurrent clients from a second proces
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import socket
@@ -119,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         histories = [[catalogue.item_ids[i] for i in h[-50:]] for h in
                      _test_histories(Path(args.data_dir) / "Beauty.tar.gz", work / "cache")]
         rows = throughput(rec, histories)
-        table = work / "beauty.csv"
-        table.write_text("item_id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in
-                                                      zip(catalogue.item_ids, catalogue.texts)))
+        table = work / "beauty.csv"  # the catalogue as an item table (quoted CSV)
+        with table.open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([("item_id", "text"), *zip(catalogue.item_ids,
+                                                                 catalogue.texts)])
         service = service_latency(package, str(table), histories, args.requests)
         plot = _plot(rows, service, work / "recommend.png")
         summary = {"cores": os.cpu_count(), "items": len(catalogue.texts),
