@@ -131,8 +131,11 @@ def flwr_env(home: Path) -> dict[str, str]:
     """Environment for every flwr command: private FLWR_HOME, no telemetry, no per-run
     dependency installation (it would pull a CUDA torch; the venv already has everything)."""
     home.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return {**os.environ, "FLWR_HOME": str(home.resolve()), "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
+            "PATH": path}  # flwr starts flower-superlink by name: this environment's, also
+    # when the launcher is called by its full path without an activated environment
 
 
 def _bin(name: str) -> str:
@@ -177,7 +180,7 @@ def submit_and_follow(conn: str, overrides: Path, env: dict[str, str], timeout_s
                 print(f"the local SuperLink did not start in time (a busy machine?); "
                       f"retrying ({attempt + 1} of {START_ATTEMPTS})", flush=True)
                 continue
-            raise RuntimeError(f"flwr run did not start a run:\n{out.stdout}\n{out.stderr}") from None
+            raise SystemExit(f"error: flwr run did not start a run:\n{out.stdout}\n{out.stderr}")
     print(f"run {run_id} submitted to '{conn}'", flush=True)
     follower = subprocess.Popen([_bin("flwr"), "log", run_id, conn, "--stream"], env=env,
                                 cwd=project)
