@@ -294,7 +294,7 @@ def simulate(args: argparse.Namespace) -> int:
     """Run the app on Flower's simulation engine, one virtual SuperNode per domain."""
     cfg = _experiment(args)
     output = Path(args.output).resolve()
-    home = Path(args.flwr_home)
+    home = Path(args.flwr_home).resolve()  # flwr runs in the project folder
     env = flwr_env(home)
     values = common_overrides(args, output)
     overrides = toml_overrides(values, home / "run-overrides.toml")
