@@ -85,9 +85,13 @@ def check_targets(report: dict) -> list[tuple[str, bool, str]]:
     known = all("seconds" in t for t in reused)  # an unknown time never meets the target
     earlier = sum(t.get("seconds", 0.0) for t in reused)
     total = report["total_seconds"] + earlier
-    note = "" if not reused else f", {earlier / 60:.1f} min of it the reused trainings' own time" \
-        if known else f" here, plus {len(reused)} reused training(s) whose time their " \
-        "checkpoints do not record: not measured"
+    if not reused:
+        note = ""
+    elif known:
+        note = f", {earlier / 60:.1f} min of it the reused trainings' own time"
+    else:
+        note = (f" here, plus {len(reused)} reused training(s) whose time their checkpoints "
+                "do not record: not measured")
     checks.append((f"whole benchmark <= {TIME_LIMIT_MIN} min on this machine",
                    known and total <= TIME_LIMIT_MIN * 60, f"{total / 60:.1f} min{note}"))
     return checks
