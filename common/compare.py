@@ -14,7 +14,7 @@ from .data import Domain, DataError, load_mergerec_json, load_recbole
 from .model import model_from_state
 from .package import PackageInfo, load_package
 from .recommend import Catalogue, Recommender
-from .runtime import default_cache
+from .settings import default_cache
 
 TOP = 10
 

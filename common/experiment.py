@@ -1,105 +1,16 @@
-"""Run configuration shared by the in-process pipeline and the Flower apps (loadable from YAML)."""
+"""A run's domains loaded from its data settings, and its configuration from a Flower run config
+(the settings themselves: :mod:`common.settings`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Mapping
 
-from .config import ConfigError, load_yaml, with_overrides
-from .runtime import default_cache, set_progress
-from .data import (Domain, SyntheticConfig, load_mergerec_json, load_recbole, make_synthetic_domains,
-                   subsample_users)
-from .evaluation import EvalConfig
-from .federated.config import (CoordinatorConfig, FederationConfig, LearnedMergeSpec,
-                                default_learned, default_merges)
-from .merging import MergeConfig
-from .model import ModelConfig
-from .model.sasrec import SASRecConfig
-from .privacy import DPConfig, hold_out_users
-from .training import TrainConfig
-
-
-@dataclass
-class DomainSource:
-    """Where one domain comes from; ``max_users`` keeps a fixed random sample of that many
-    users and the items they touched (:func:`common.data.subsample_users`)."""
-
-    name: str
-    format: Literal["mergerec_json", "recbole"] = "mergerec_json"
-    path: str = ""
-    max_users: int | None = None
-    sample_seed: int = 0
-
-
-@dataclass
-class DataConfig:
-    """The domains of a run: real sources, or the synthetic generator when ``sources`` is empty.
-
-    ``holdout_fraction`` > 0 keeps that share of each domain's users out of the run entirely
-    (the silo never sees them): the non-members of the membership-inference experiment.
-    """
-
-    sources: list[DomainSource] = field(default_factory=list)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    cache_dir: str = ""
-
-    def cache(self) -> Path:
-        """The cache folder: ``cache_dir``, or the user cache when empty
-        (:func:`common.runtime.default_cache`)."""
-        return Path(self.cache_dir) if self.cache_dir else default_cache()
-    holdout_fraction: float = 0.0
-    holdout_seed: int = 0
-
-    def domain_names(self) -> list[str]:
-        """Names of the configured domains, in order (partition ``i`` in simulation)."""
-        if self.sources:
-            return [s.name for s in self.sources]
-        return list(self.synthetic.domains)
-
-
-@dataclass
-class PipelineConfig:
-    """Everything a run needs: data, model, fine-tuning, merges, learned merges, federation.
-
-    ``silo_dir``: where in-process silos keep their work (checkpoints, per-run records); default
-    ``<output_dir>/silos``. Runs sharing it reuse each other's fine-tuned checkpoints.
-    ``id_baseline``: also train an ID-based SASRec in each training silo, alone on its data
-    (in-process only: the "train alone" reference, which cannot be merged).
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: str = "hashing-256"
-    center_features: bool = True
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, patience=10))
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    merges: list[MergeConfig] = field(default_factory=default_merges)
-    learned: list[LearnedMergeSpec] = field(default_factory=default_learned)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    joint: bool = False
-    id_baseline: SASRecConfig | None = None
-    seed: int = 0
-    output_dir: str | None = None
-    silo_dir: str | None = None
-
-    def coordinator(self) -> CoordinatorConfig:
-        """What the coordinator needs of this run (and nothing of its data sources)."""
-        return CoordinatorConfig(self.data.domain_names(), self.encoder, self.center_features,
-                                 self.model, self.train, self.merges, self.learned,
-                                 self.federation, self.seed, self.output_dir, str(self.data.cache()))
-
-    def __post_init__(self) -> None:
-        names = self.data.domain_names()
-        labels = [m.label for m in self.merges] + [s.name for s in self.learned]
-        twice = sorted({x for x in labels if labels.count(x) > 1})
-        if twice:
-            raise ValueError(f"merges and learned variants need distinct names; {twice} "
-                             "appear more than once (give merges a 'name')")
-        for name, own in self.federation.silo_train.items():
-            if name not in names:
-                raise ValueError(f"federation.silo_train: no domain '{name}' (have {names})")
-            with_overrides(self.train, own, f"federation.silo_train.{name}")
+from .config import ConfigError, load_yaml
+from .runtime import set_progress
+from .data import Domain, load_mergerec_json, load_recbole, make_synthetic_domains, subsample_users
+from .privacy import hold_out_users
+from .settings import DataConfig, DomainSource, DPConfig, PipelineConfig
 
 
 def load_domain(cfg: DataConfig, name: str) -> Domain:

@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 
 from .data import Domain
-from .experiment import (DataConfig, DomainSource, FederationConfig, LearnedMergeSpec,
-                         PipelineConfig, load_domains)
+from .experiment import load_domains
 from .config import to_dict
 from .federated import BASE_LABEL, LocalFederation, RunSettings, Silo, SiloConfig, run_coordinator
 from .federated.silo import policy_from
-from .model import ModelConfig
 from .io import RunOutputs
 from .report import markdown_table, peak_rss_mb, write_report
+from .settings import (DataConfig, DomainSource, FederationConfig, LearnedMergeSpec, ModelConfig,
+                       PipelineConfig)
 from .training import fine_tune_cached
 from .training.id_baseline import evaluate_sasrec, sasrec_cached
 

@@ -23,7 +23,8 @@ from .backbone import item_inputs
 from .data import DataError, load_mergerec_json, load_recbole
 from .model import TextSeqRec, pad_sequences
 from .package import PackageInfo, load_package
-from .runtime import compute_device, default_cache
+from .runtime import compute_device
+from .settings import default_cache
 
 ID_COLUMNS = ("item_id", "id", "asin")
 TEXT_COLUMNS = ("title", "brand", "category", "categories")

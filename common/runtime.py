@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
@@ -31,12 +30,6 @@ def bf16_matmul_is_fast(size: int = 256, min_speedup: float = 1.2) -> bool:
             return time.perf_counter() - start
 
     return timed(True) * min_speedup < timed(False)
-
-
-def default_cache() -> Path:
-    """Caches (unpacked archives, encoded catalogues) when a run names none:
-    ``$MERGEREC_CACHE``, else ``~/.cache/mergerec`` (never inside the installed package)."""
-    return Path(os.environ.get("MERGEREC_CACHE") or Path.home() / ".cache" / "mergerec")
 
 
 def show_progress() -> bool:

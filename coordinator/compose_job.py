@@ -28,7 +28,8 @@ from pathlib import Path
 
 from common.config import ConfigError, load_yaml
 from common.data import write_mergerec_json
-from common.experiment import PipelineConfig, load_domain
+from common.experiment import load_domain
+from common.settings import PipelineConfig
 
 from .launch import _bin, _verdict, flwr_env, parse_override, submit_and_follow, toml_overrides
 

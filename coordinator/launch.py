@@ -24,10 +24,11 @@ from pathlib import Path
 
 from common.config import ConfigError, load_yaml
 from common.data import write_mergerec_json
-from common.experiment import PipelineConfig, load_domains
+from common.experiment import load_domains
 from common.federated import SiloConfig
 from common.federated.coordinator import safe_name
 from common.pipeline import simulated_silo_config
+from common.settings import PipelineConfig
 from silos.client_app import node_config_entries
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common.backbone import base_model, model_config_for
 from common.config import load_yaml
-from common.experiment import PipelineConfig
+from common.settings import PipelineConfig
 from common.package import PackageInfo, finish_package, save_weights
 from common.recommend import Recommender, load_catalogue
 from common.serve import wait_until_healthy

@@ -46,11 +46,12 @@ from typing import Any, Callable
 from safetensors.torch import load_file
 
 from common.config import ConfigError, deep_merge, from_dict, load_yaml, read_yaml, to_dict
-from common.experiment import PipelineConfig, load_full_domains, split_holdout
+from common.experiment import load_full_domains, split_holdout
 from common.federated.coordinator import safe_name
 from common.backbone import item_inputs, resolve_base
 from common.model import state_hash
 from common.pipeline import run_pipeline
+from common.settings import PipelineConfig
 from common.privacy import attack_metrics, membership_scores
 from common.io import atomic_write_text
 from experiments.benchmark import training_free

@@ -24,11 +24,12 @@ from flwr.clientapp import ClientApp
 from safetensors.numpy import save_file
 
 from common.config import to_dict
-from common.experiment import DomainSource, config_from_run, load_domain, load_source
+from common.experiment import config_from_run, load_domain, load_source
 from common.federated import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, Silo, SiloConfig,
                               SiloPolicy)
 from common.federated.silo import policy_from
 from common.pipeline import simulated_silo_config
+from common.settings import DomainSource
 
 from .records import from_record, to_record
 

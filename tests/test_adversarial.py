@@ -26,7 +26,7 @@ from common.federated.protocol import (EvalRequest, TrainReply, TrainRequest, de
 from common.model import ModelConfig, build_base_model
 from common.pipeline import local_silos
 from common.training import TrainConfig
-from common.training.accountant import DPConfig
+from common.settings import DPConfig
 from coordinator.flower_federation import accept_claims
 from tests.conftest import print_tally
 from tests.runs import TINY, tiny_config

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from common.config import load_yaml
-from common.experiment import PipelineConfig
+from common.settings import PipelineConfig
 from common.federated import MESSAGE_KINDS
 from common.pipeline import run_pipeline
 

@@ -1,7 +1,13 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from common.config import ConfigError, from_dict, load_yaml, with_overrides
-from common.pipeline import PipelineConfig
+from common.settings import PipelineConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_yaml_roundtrip(tmp_path):
@@ -110,3 +116,19 @@ def test_with_overrides_type_checks_and_keeps_the_rest():
     assert base.batch_size == 256
     with pytest.raises(ConfigError, match="silo A: train.batch_size: expected an integer"):
         with_overrides(base, {"batch_size": "big"}, "silo A: train")
+
+
+def test_configs_load_without_torch():
+    """Reading and checking a run's configuration imports neither torch, numpy nor Flower:
+    a config error surfaces in a second, before any of them is loaded."""
+    script = (
+        "import sys, pathlib\n"
+        "from common.config import load_yaml\n"
+        "from common.settings import PipelineConfig\n"
+        "paths = sorted(pathlib.Path('experiments/configs/pipelines').glob('*.yaml'))\n"
+        "for p in paths: load_yaml(PipelineConfig, p)\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'flwr'})\n"
+        "print(len(paths), heavy)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert int(out[0]) >= 5 and out[1:] == ["[]"]

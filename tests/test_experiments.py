@@ -148,7 +148,7 @@ def test_shipped_experiments_are_valid():
     from pathlib import Path
 
     from common.config import deep_merge, from_dict, load_yaml
-    from common.experiment import PipelineConfig
+    from common.settings import PipelineConfig
     from experiments.runner import load_experiment
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -175,7 +175,7 @@ def test_shipped_benchmark_variants_extend_the_reference():
     import yaml
 
     from common.config import load_yaml
-    from common.experiment import PipelineConfig
+    from common.settings import PipelineConfig
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "pipelines"
     ref = load_yaml(PipelineConfig, configs / "amazon3.yaml")

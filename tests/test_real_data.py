@@ -54,7 +54,8 @@ def test_real_domain_train_and_evaluate(pantry, tmp_path):
 
 def test_real_domain_subsample_from_the_run_config(amazon_dir, tmp_path):
     from common.data import validate_domain
-    from common.experiment import DomainSource, load_source
+    from common.experiment import load_source
+    from common.settings import DomainSource
 
     src = DomainSource("Pantry", path=str(amazon_dir / "Pantry.tar.gz"), max_users=300)
     small = load_source(src, tmp_path)

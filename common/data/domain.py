@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
 
-Split = Literal["val", "test"]
-
+from ..settings import Split
 
 class DataError(ValueError):
     """Bad input data; the message names the file (or domain) and the problem."""

@@ -10,10 +10,10 @@ what it learns about the shared rule transfers across domains, which makes mergi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
+from ..settings import SyntheticConfig
 from .domain import Domain
 from .validation import validate_domain
 
@@ -32,20 +32,6 @@ DOMAIN_TYPES = {
 }
 VARIANTS = ["mini", "deluxe", "pro", "travel", "family", "premium", "lite", "max"]
 BRANDS = ["acme", "nova", "zenith", "orbit", "lumen", "vertex", "solace", "kinetic"]
-
-
-@dataclass
-class SyntheticConfig:
-    """Size and behaviour of the synthetic benchmark."""
-
-    domains: tuple[str, ...] = ("beauty", "sports", "pantry")
-    items_per_domain: int = 240
-    users_per_domain: int = 800
-    min_len: int = 5
-    max_len: int = 14
-    attribute_rule: float = 0.75
-    type_rule: float = 0.6
-    seed: int = 0
 
 
 def _domain(name: str, cfg: SyntheticConfig, shared_next_attr: np.ndarray, rng: np.random.Generator

@@ -3,47 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from ..merging.learned import Granularity, LearnedMerge
+from ..merging.learned import LearnedMerge
 from ..merging.methods import MergeInit, StateDict
 from ..model.recommender import ItemInputs, TextSeqRec, history_multi_hot, pad_sequences
 from ..runtime import compute_device, reproducible, show_progress
-from .losses import LossConfig, merge_loss
+from ..settings import DistillConfig
+from .losses import merge_loss
 from .teacher import TeacherSignal
-
-
-@dataclass
-class DistillConfig:
-    """Optimisation of the merging weights.
-
-    ``item_table``: ``frozen`` encodes the student's item table once with the initial merge
-    (the paper); ``refresh`` re-encodes it without gradient every ``item_refresh_every``
-    steps; ``differentiable`` encodes it with the current weights at every step, with
-    gradient (no train/test mismatch; affordable because the item tower is small).
-    ``domain_sampling``: ``proportional`` draws each batch row uniformly from all domains'
-    pseudo-users pooled (the paper: a domain weighs as much as its catalogue is large);
-    ``equal`` first draws a domain uniformly, then one of its pseudo-users, so every domain
-    weighs the same, as in the average metric the merge is judged by.
-    ``student_dropout`` runs the student in train mode (the official code does; off here so
-    that student, teacher and item table see the same dropout-free model).
-    """
-
-    granularity: Granularity = "task"
-    steps: int = 500
-    batch_size: int = 16
-    lr: float = 1e-3
-    loss: LossConfig = field(default_factory=LossConfig)
-    item_table: Literal["frozen", "refresh", "differentiable"] = "frozen"
-    item_refresh_every: int = 50
-    domain_sampling: Literal["proportional", "equal"] = "proportional"
-    student_dropout: bool = False
-    seed: int = 0
 
 
 @dataclass

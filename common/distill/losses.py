@@ -6,34 +6,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..settings import LossConfig
 from .teacher import TeacherSignal
-
-
-@dataclass
-class LossConfig:
-    """Weights of the loss terms; the paper's objective is ``rec + kd``.
-
-    ``kd_weight`` multiplies ``τ² · KL(softmax(t/τ) ‖ softmax(z/τ))`` (the paper's λ = 1000
-    at τ = 0.05 corresponds to ``kd_weight = 1000``). The recommendation loss is the
-    cross-entropy of ``z / rec_temperature`` with the teacher's top item as label.
-    """
-
-    rec_weight: float = 1.0
-    kd_weight: float = 1000.0
-    entropy_weight: float = 0.0
-    mse_weight: float = 0.0
-    temperature: float = 0.05
-    rec_temperature: float = 0.05
-
-    @property
-    def needs_teacher(self) -> bool:
-        """Whether any active term uses teacher signals."""
-        return bool(self.rec_weight or self.kd_weight or self.mse_weight)
 
 
 def rec_loss(z: torch.Tensor, teacher: TeacherSignal, temperature: float) -> torch.Tensor:

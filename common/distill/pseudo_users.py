@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
+from ..settings import PseudoUserConfig
+
 ScoreFn = Callable[[list[list[int]]], torch.Tensor]
-
-
-@dataclass
-class PseudoUserConfig:
-    """How to build pseudo-users for one domain.
-
-    ``kind="one_item"``: every selected item as a one-item history (the paper).
-    ``kind="walk"``: start from a selected item and append, ``walk_length - 1`` times, the
-    top-scored item not yet in the sequence according to a scorer (a silo's teacher).
-    ``sample``: ``all`` items, a ``random`` subset of ``num``, or ``centroid`` (k-means with
-    ``num`` clusters over the item text vectors, the item nearest each centroid).
-    """
-
-    kind: Literal["one_item", "walk"] = "one_item"
-    sample: Literal["all", "random", "centroid"] = "all"
-    num: int | None = None
-    walk_length: int = 3
-    seed: int = 0
 
 
 def kmeans_nearest(features: torch.Tensor, k: int, seed: int, iters: int = 25) -> list[int]:

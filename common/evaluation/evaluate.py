@@ -7,21 +7,11 @@ from typing import Callable
 
 import torch
 
-from ..data.domain import Domain, Split
+from ..data.domain import Domain
 from ..model.recommender import ItemInputs, TextSeqRec, pad_sequences
 from ..runtime import on_device
+from ..settings import EvalConfig
 from .metrics import metrics_from_ranks, target_ranks
-
-
-@dataclass
-class EvalConfig:
-    """Evaluation protocol; recorded next to every number it produces."""
-
-    split: Split = "test"
-    ks: tuple[int, ...] = (1, 5, 10, 20, 50)
-    mask_history: bool = False
-    batch_size: int = 1024
-    max_users: int | None = None
 
 
 @dataclass

@@ -36,7 +36,7 @@ from ..package import PackageInfo, finish_package, save_weights
 from ..report import Stages, peak_rss_mb, write_report
 from ..text import make_encoder
 from .checks import check_update, check_vectors, non_finite, norm_outliers, task_vector_norm
-from .config import CoordinatorConfig, LearnedMergeSpec
+from ..settings import CoordinatorConfig, LearnedMergeSpec
 from .ledger import Ledger
 from .pool import BASE_LABEL, IN_DOMAIN_LABEL, ModelEntry, ModelPool, finetuned_label
 from .protocol import (EVALUATE, TRAIN, EvalRequest, Failure, Payload, RunSettings, TrainRequest,

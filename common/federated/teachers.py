@@ -15,7 +15,7 @@ import torch
 from ..distill import DomainPseudoData, TeacherSignal, extend_walks, select_items, teacher_scores
 from ..model import TextSeqRec
 from ..model.recommender import ItemInputs
-from .config import LearnedMergeSpec
+from ..settings import LearnedMergeSpec
 from .protocol import QUERY, decode_answer, encode_query
 
 Ask = Callable[[dict[str, list[list[int]]], "int | None"], dict[str, TeacherSignal]]

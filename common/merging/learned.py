@@ -8,15 +8,12 @@ call of that step through ``torch.func.functional_call``.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 import torch.nn as nn
 
+from ..settings import Granularity
 from .methods import MergeInit, StateDict
-
-Granularity = Literal["task", "layer", "tensor"]
-
 
 class LearnedMerge(nn.Module):
     """Trainable merging weights over frozen θ₀ and processed task vectors."""

@@ -20,37 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
+from ..settings import REGISTRY, MergeConfig
+
 StateDict = dict[str, torch.Tensor]
 SMALL_TENSOR = 16
-
-
-@dataclass
-class MergeConfig:
-    """Which merge to build and its hyper-parameters; ``name`` tells two variants of one
-    method apart in a run."""
-
-    method: str = "task_arithmetic"
-    lam: float | None = None
-    density: float = 0.2
-    drop_rate: float = 0.9
-    rescale: bool = True
-    dare_base: Literal["task_arithmetic", "ties"] = "task_arithmetic"
-    scope: Literal["tensor", "model"] = "tensor"
-    seed: int = 0
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in REGISTRY:  # the registry is complete once the module is loaded
-            raise ValueError(f"unknown merge method '{self.method}'; choose from {list(REGISTRY)}")
-
-    @property
-    def label(self) -> str:
-        """The merge's row in the results: its ``name``, or the method's name."""
-        return self.name or self.method.replace("_", " ")
 
 
 @dataclass
@@ -238,42 +215,20 @@ def _joined(vectors: list[StateDict], small: list[StateDict]) -> list[StateDict]
     return [{**v, **s} for v, s in zip(vectors, small)]
 
 
-@dataclass(frozen=True)
-class MergeMethod:
-    """One training-free merge: its name in configs, the :class:`MergeConfig` fields it reads,
-    its default λ (``None``: the weights are 1/K), where it comes from, and how it turns task
-    vectors into processed ones."""
-
-    name: str
-    params: tuple[str, ...]
-    default_lam: float | None
-    reference: str
-    process: Callable[[list[StateDict], MergeConfig], tuple[list[StateDict], dict]]
-
-    @property
-    def label(self) -> str:
-        return self.name.replace("_", " ")
-
-
-REGISTRY: dict[str, MergeMethod] = {m.name: m for m in (
-    MergeMethod("average", (), None, "model soups / FedAvg: the mean of the fine-tuned models",
-                _task_arithmetic),
-    MergeMethod("task_arithmetic", ("lam",), 0.3, "Ilharco et al., ICLR 2023", _task_arithmetic),
-    MergeMethod("ties", ("lam", "density", "scope"), 1.0, "Yadav et al., NeurIPS 2023", _ties),
-    MergeMethod("dare", ("lam", "drop_rate", "rescale", "dare_base", "density", "scope", "seed"),
-                0.3, "Yu et al., ICML 2024", _dare),
-    MergeMethod("pcb", ("lam", "density", "scope"), 1.0, "Du et al., NeurIPS 2024", _pcb),
-    MergeMethod("localize_stitch", ("density", "scope"), 1.0, "He et al., TMLR 2025 (dataless)",
-                _localize_stitch),
-)}
-METHODS = tuple(REGISTRY)
-TRAINING_FREE_LABELS = tuple(m.label for m in REGISTRY.values())
+# how each registered method (:data:`common.settings.merging.REGISTRY`) turns task vectors into
+# processed ones
+PROCESS: dict[str, Callable[[list[StateDict], MergeConfig], tuple[list[StateDict], dict]]] = {
+    "average": _task_arithmetic, "task_arithmetic": _task_arithmetic, "ties": _ties,
+    "dare": _dare, "pcb": _pcb, "localize_stitch": _localize_stitch}
+if set(PROCESS) != set(REGISTRY):
+    raise ImportError(f"merge methods registered without an implementation: "
+                      f"{sorted(set(REGISTRY) ^ set(PROCESS))}")
 
 
 def build_merge(cfg: MergeConfig, base: StateDict, finetuned: list[StateDict]) -> MergeInit:
     """Processed task vectors and initial weights for ``cfg.method`` (:data:`REGISTRY`)."""
     if cfg.method not in REGISTRY:
-        raise ValueError(f"unknown merge method '{cfg.method}'; choose from {list(METHODS)}")
+        raise ValueError(f"unknown merge method '{cfg.method}'; choose from {list(REGISTRY)}")
     if not finetuned:
         raise ValueError("merging needs at least one fine-tuned model")
     method = REGISTRY[cfg.method]
@@ -282,5 +237,5 @@ def build_merge(cfg: MergeConfig, base: StateDict, finetuned: list[StateDict]) -
     if method.default_lam is None:
         return MergeInit(cfg.method, tvs, [1.0 / n] * n, {"lambda": 1.0 / n})
     lam = float(cfg.lam if cfg.lam is not None else method.default_lam)
-    vectors, info = method.process(tvs, cfg)
+    vectors, info = PROCESS[cfg.method](tvs, cfg)
     return MergeInit(cfg.method, vectors, [lam] * n, {"lambda": lam, **info})

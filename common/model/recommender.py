@@ -26,14 +26,14 @@ gradient instead. Which merges better depends on the data (README, "Branch initi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..settings import ModelConfig
 from ..text.token_states import TokenStates
 from .text_tower import TextTower
 
@@ -48,32 +48,6 @@ def add_at(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
     flat = matrix.view(-1)  # a contiguous [R, C] matrix: element (r, c) at r * C + c
     flat.index_add_(0, rows * matrix.shape[1] + cols, values)
     return matrix
-
-
-@dataclass
-class ModelConfig:
-    """Architecture of the recommender. ``repeat_head``: the bonus of an item already in the
-    history is β + a linear function of the item's vector (zero at θ₀) instead of one β for
-    every item, so a repeat-purchase shop and a no-repeat shop need not pull one shared
-    number in opposite directions when their models are merged. ``text_dim`` comes from the
-    text encoder;
-    ``text_layers`` > 0 makes that many of the encoder's top layers part of the model
-    (``text_heads``, ``text_ffn``, ``text_eps``: their shape, also from the encoder)."""
-
-    text_dim: int = 384
-    hidden: int = 128
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.1
-    item_hidden: int = 256
-    temperature: float = 0.05
-    branch_init: Literal["rezero", "zero_out"] = "rezero"
-    repeat_head: bool = False
-    text_layers: int = 0
-    text_heads: int = 12
-    text_ffn: int = 1536
-    text_eps: float = 1e-12
 
 
 class ItemTower(nn.Module):

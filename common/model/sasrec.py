@@ -9,28 +9,11 @@ positional embeddings, dropout, scores = dot product with the (shared) item embe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-
-@dataclass
-class SASRecConfig:
-    """Architecture and training of the ID baseline (defaults: the usual Amazon settings)."""
-
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 1
-    max_len: int = 50
-    dropout: float = 0.5
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 10
-    val_max_users: int | None = None
-    seed: int = 0
+from ..settings import SASRecConfig
 
 
 class SASRec(nn.Module):

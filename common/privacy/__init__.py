@@ -2,7 +2,8 @@
 coordinator's point of view; the DP-SGD accounting lives with training
 (:mod:`common.training.accountant`) and is re-exported here."""
 
-from ..training.accountant import DPConfig, calibrate_noise, dp_epsilon
+from ..settings import DPConfig
+from ..training.accountant import calibrate_noise, dp_epsilon
 from .attack import attack_metrics, hold_out_users, membership_scores
 
 __all__ = ["DPConfig", "attack_metrics", "calibrate_noise", "dp_epsilon", "hold_out_users",

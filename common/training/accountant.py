@@ -8,29 +8,10 @@ mechanism (RDP would over-state ε); a value discretisation of 1e-3 keeps ε exa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 
-
-@dataclass
-class DPConfig:
-    """User-level DP for a silo's fine-tuning: one user = one privacy unit.
-
-    ``epsilon`` is the target (``None``: no DP); ``delta`` defaults to 1 / number of users;
-    the noise multiplier is calibrated to reach ``epsilon`` after ``epochs`` passes with
-    Poisson sampling rate ``batch_size / users``, unless given explicitly.
-    ``train_item_tower``: also train the item tower privately. Off by default: the item tower
-    stays at θ₀ (it then holds nothing private), because a user's gradient through it needs a
-    backward pass over the whole catalogue per user (measured 30-45× slower on 2.5k-5k items).
-    """
-
-    epsilon: float | None = None
-    delta: float | None = None
-    clip_norm: float = 1.0
-    noise_multiplier: float | None = None
-    train_item_tower: bool = False
 
 
 def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,41 +13,11 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
-from .accountant import DPConfig
 from ..runtime import autocast_bf16, on_device, reproducible, show_progress
+from ..settings import TrainConfig
 from .batching import TrainBatch, bucketed_batches, training_sequences
 from .item_table import ItemTable
 from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy, unit_normalize
-
-
-@dataclass
-class TrainConfig:
-    """Fine-tuning hyper-parameters; ``dp`` with an ``epsilon`` switches to user-level DP-SGD
-    (:func:`common.training.dp_sgd.dp_fine_tune`).
-
-    ``loss``: ``full_softmax`` over the whole catalogue at every position, or ``in_batch``
-    (the paper's: a softmax over the batch's distinct target items only).
-    With trainable text encoder layers (``model.text_layers`` > 0) they learn at ``text_lr``
-    from the rows ``text_rows`` names (:class:`~common.training.item_table.ItemTable`):
-    ``last`` (each user's last position), ``targets`` (every position) or ``catalogue`` (the
-    loss itself re-encodes every item at every step: exact, costly); the item table is
-    re-encoded without gradient every ``text_refresh_steps`` steps.
-    """
-
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 3e-3
-    loss: Literal["full_softmax", "in_batch"] = "full_softmax"
-    text_lr: float = 1e-4
-    text_rows: Literal["last", "targets", "catalogue"] = "last"
-    text_refresh_steps: int = 100
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    patience: int = 3
-    val_max_users: int | None = None
-    bf16: bool = True
-    seed: int = 0
-    dp: DPConfig | None = None
 
 
 @dataclass

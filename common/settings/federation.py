@@ -1,5 +1,5 @@
-"""The coordinator's own configuration: what it needs of a run, and nothing of the run's data
-sources (loaded from YAML as part of a :class:`~common.experiment.PipelineConfig`)."""
+"""The coordinator's configuration: what it needs of a run, and nothing of the run's data
+sources; the learned-merge variants and the federation's settings."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..distill import DistillConfig, LossConfig, PseudoUserConfig
-from ..merging import MergeConfig
-from ..model import ModelConfig
-from ..training import TrainConfig
+from .distill import DistillConfig, LossConfig, PseudoUserConfig
+from .merging import MergeConfig
+from .model import ModelConfig
+from .training import TrainConfig
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""Architectures: the text-based recommender and the ID-based SASRec reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the recommender. ``repeat_head``: the bonus of an item already in the
+    history is β + a linear function of the item's vector (zero at θ₀) instead of one β for
+    every item, so a repeat-purchase shop and a no-repeat shop need not pull one shared
+    number in opposite directions when their models are merged. ``text_dim`` comes from the
+    text encoder;
+    ``text_layers`` > 0 makes that many of the encoder's top layers part of the model
+    (``text_heads``, ``text_ffn``, ``text_eps``: their shape, also from the encoder)."""
+
+    text_dim: int = 384
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.1
+    item_hidden: int = 256
+    temperature: float = 0.05
+    branch_init: Literal["rezero", "zero_out"] = "rezero"
+    repeat_head: bool = False
+    text_layers: int = 0
+    text_heads: int = 12
+    text_ffn: int = 1536
+    text_eps: float = 1e-12
+
+
+@dataclass
+class SASRecConfig:
+    """Architecture and training of the ID baseline (defaults: the usual Amazon settings)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    max_len: int = 50
+    dropout: float = 0.5
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    val_max_users: int | None = None
+    seed: int = 0
