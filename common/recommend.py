@@ -128,8 +128,9 @@ class Recommender:
                              Path(cache_dir or default_cache()) / "features", catalogue.name)
         self.device = compute_device()  # moved once: requests served in threads share it
         model.to(self.device).eval()
+        self.inputs = inputs.float().to(self.device)
         with torch.no_grad():
-            self.item_emb = model.encode_items(inputs.float().to(self.device))
+            self.item_emb = model.encode_items(self.inputs)
 
     @classmethod
     def open(cls, model_dir: str | Path, catalogue: str | Path | Catalogue,
@@ -143,7 +144,7 @@ class Recommender:
         """Scores [B, N] of every item for item-index histories (the evaluation's scores)."""
         seqs, lengths = pad_sequences(histories, self.model.cfg.max_len)
         return self.model.score_sequences(self.item_emb, seqs.to(self.device),
-                                          lengths.to(self.device)).float().cpu()
+                                          lengths.to(self.device), self.inputs).float().cpu()
 
     def recommend(self, histories: list[list[str | int]], k: int = 10,
                   exclude_history: bool | None = None) -> list[list[Recommendation]]:

@@ -10,6 +10,8 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 
   exit 0
 fi
 seeds=("$@"); [ ${#seeds[@]} -eq 0 ] && seeds=(0 1)
-MERGEREC_DEVICE=cuda python -m experiments.benchmark \
-  --config experiments/configs/pipelines/gpu-full-encoder.yaml --seeds "${seeds[@]}" \
-  --publish benchmark-gpu-full-encoder
+# the user as the sequence tower over item vectors, then as the encoder over the history's text
+for name in gpu-full-encoder gpu-full-encoder-history-text; do
+  MERGEREC_DEVICE=cuda python -m experiments.benchmark \
+    --config "experiments/configs/pipelines/$name.yaml" --seeds "${seeds[@]}" --publish "benchmark-$name"
+done

@@ -1,9 +1,12 @@
 """The backbone whose text encoder layers are trained: exact θ₀, training, merging, learning."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from common.config import from_dict
 from common.backbone import base_model, item_inputs, model_config_for
 from common.data import SyntheticConfig, make_synthetic_domains
 from common.distill import DistillConfig, DomainPseudoData, learn_merge_weights, teacher_scores
@@ -11,10 +14,13 @@ from common.evaluation import EvalConfig, evaluate_model
 from common.merging import METHODS, MergeConfig, build_merge
 from common.model import ModelConfig, model_from_state, pad_sequences
 from common.model.recommender import TextSeqRec
+from common.pipeline import run_pipeline
 from common.privacy import DPConfig
+from common.settings import PipelineConfig
 from common.text import center_features, make_encoder
 from common.text.token_states import TokenStates
-from common.training import TrainConfig, fine_tune
+from common.training import TrainConfig, fine_tune, next_item_loss
+from common.training.batching import make_batch, training_sequences
 from common.training.dp_sgd import dp_fine_tune
 
 TEXTS = [f"{c} {t} by brand{b}" for c in ("red", "blue", "green", "black", "white")
@@ -129,3 +135,115 @@ def test_encoder_layers_need_a_transformer_encoder():
     model = TextSeqRec(ModelConfig(text_dim=8, hidden=8))
     with pytest.raises(ValueError, match="without text encoder layers"):
         model.encode_items(TokenStates(F.normalize(torch.randn(3, 8)), torch.tensor([0, 1, 3])))
+
+
+def test_history_token_states_join_a_history_and_keep_its_last_tokens():
+    offsets = torch.tensor([0, 3, 4, 8, 10])
+    tokens = TokenStates(torch.arange(10.0)[:, None], offsets, torch.ones(1))
+    seqs = torch.tensor([[2, 0, 1], [3, 3, 0], [1, 0, 0]])
+    joined = tokens.histories(seqs, torch.tensor([3, 2, 1]), max_tokens=6)
+    assert joined.lengths.tolist() == [6, 4, 1]
+    assert joined.states[:, 0].tolist() == [6, 7, 0, 1, 2, 3, 8, 9, 8, 9, 3]
+    assert torch.equal(joined.center, tokens.center)
+    with pytest.raises(ValueError, match="history_tokens"):
+        tokens.histories(seqs, torch.tensor([3, 2, 1]), max_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def history_setup(tiny_setup):
+    encoder, cfg, domains, inputs = tiny_setup
+    return encoder, replace(cfg, user="history_text", history_tokens=64), domains, inputs
+
+
+def test_history_text_theta0_scores_the_history_text_against_each_item(history_setup):
+    encoder, cfg, domains, inputs = history_setup
+    model = base_model(cfg, encoder, seed=0).eval()
+    assert model.seq_tower is None and not any(k.startswith("seq_tower.") for k in model.state_dict())
+    x = inputs[0]
+    hist = [[3], [3, 4, 5], list(range(1, 9))]
+    seqs, lengths = pad_sequences(hist, cfg.max_len)
+    with torch.no_grad():
+        items = model.encode_items(x)
+        scores = model.score(model.encode_sequences(items, seqs, lengths, x), items)
+        joined = [TokenStates(torch.cat([x[torch.tensor([i])].states for i in h])[-64:],
+                              torch.tensor([0, min(64, sum(int(x.lengths[i]) for i in h))]),
+                              x.center) for h in hist]
+        expected = torch.cat([model.text_tower(j) for j in joined]) @ model.text_tower(x).T
+    assert (scores - expected).abs().max() < 1e-5
+    assert (scores[0] - items[3] @ items.T).abs().max() < 1e-5  # one item: text similarity
+    with pytest.raises(ValueError, match="token states as inputs"):
+        model.encode_sequences(items, seqs, lengths)
+    with pytest.raises(ValueError, match="does not run with model.user = history_text"):
+        dp_fine_tune(model, domains[0], x, TrainConfig(epochs=1, dp=DPConfig(epsilon=8.0)))
+    with pytest.raises(ValueError, match="text_layers > 0"):
+        TextSeqRec(ModelConfig(text_dim=8, hidden=8, user="history_text"))
+
+
+@pytest.mark.parametrize("rows,loss", [("last", "full_softmax"), ("targets", "in_batch")])
+def test_history_text_users_train_in_the_fine_tuning_loop(history_setup, rows, loss):
+    encoder, cfg, domains, inputs = history_setup
+    train = TrainConfig(epochs=1, batch_size=32, warmup_steps=2, text_lr=1e-3, text_rows=rows,
+                        loss=loss, text_refresh_steps=2)
+    result = fine_tune(base_model(cfg, encoder, seed=0), [domains[0]], [inputs[0]], train)
+    assert len(result.history) == 2 and torch.isfinite(torch.tensor(result.history[1]["loss"]))
+
+
+def _steps(model: TextSeqRec, domain, x: TokenStates, steps: int = 3) -> dict:
+    """A few plain optimiser steps of the full-softmax loss (no early stopping: the tiny random
+    encoder's θ₀ is hard to beat on validation in one epoch)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rows = training_sequences(domain.train, model.cfg.max_len)
+    for i in range(steps):
+        batch = make_batch(0, rows[i * 16:(i + 1) * 16], model.cfg.max_len)
+        loss = next_item_loss(model, model.encode_items(x), batch, inputs=x)
+        opt.zero_grad()
+        loss.backward()
+        assert model.text_tower.layers[0].query.weight.grad.abs().sum() > 0
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_history_text_users_are_merged_learned_and_evaluated(history_setup):
+    encoder, cfg, domains, inputs = history_setup
+    base = base_model(cfg, encoder, seed=0).state_dict()
+    finetuned = [_steps(model_from_state(cfg, base).train(), d, x) for d, x in zip(domains, inputs)]
+    for method in METHODS:
+        merged = build_merge(MergeConfig(method), base, finetuned).merged(base)
+        assert not torch.equal(merged["text_tower.layers.1.ffn_in.weight"],
+                               base["text_tower.layers.1.ffn_in.weight"]), method
+    pseudo = [DomainPseudoData(d.name, x, [[i, (i + 1) % d.num_items] for i in range(d.num_items)],
+                               teacher_scores(model_from_state(cfg, s), x,
+                                              [[i, (i + 1) % d.num_items] for i in range(d.num_items)]))
+              for d, x, s in zip(domains, inputs, finetuned)]
+    learned = learn_merge_weights(TextSeqRec(cfg), base, build_merge(MergeConfig("ties"), base, finetuned),
+                                  pseudo, DistillConfig(granularity="layer", steps=5))
+    assert {"text_tower.layer0", "text_tower.layer1"} <= set(learned.weights)
+    assert not any(g.startswith("seq_tower") for g in learned.weights)
+    metrics = evaluate_model(model_from_state(cfg, learned.state_dict), domains[0], inputs[0],
+                             EvalConfig(ks=(10,))).metrics
+    assert 0.0 <= metrics["recall@10"] <= 1.0
+
+
+@pytest.mark.parametrize("user", ["sequence", "history_text"])
+def test_trained_encoder_layers_run_through_the_federation(tiny_encoder_dir, tmp_path, user):
+    """The whole tiny encoder fine-tuned in every silo, merged and learned by the coordinator
+    from the silos' answers, evaluated in each silo (an unseen one too), in-process."""
+    cfg = from_dict(PipelineConfig, {
+        "data": {"synthetic": {"domains": ["beauty", "sports", "pantry"], "items_per_domain": 40,
+                               "users_per_domain": 80}, "cache_dir": str(tmp_path / "cache")},
+        "encoder": str(tiny_encoder_dir),
+        "model": {"hidden": 16, "layers": 1, "heads": 2, "max_len": 8, "item_hidden": 16,
+                  "text_layers": 2, "user": user, "history_tokens": 64},
+        "train": {"epochs": 1, "batch_size": 32, "text_lr": 1e-3, "warmup_steps": 2},
+        "merges": [{"method": "ties"}],
+        "learned": [{"name": "mergerec layer-wise", "distill": {"granularity": "layer", "steps": 5}}],
+        "federation": {"eval_only": ["pantry"]},
+        "output_dir": str(tmp_path / "run")})
+    report = run_pipeline(cfg)
+    results = report["results"]
+    for label in ("zero-shot base θ₀", "in-domain fine-tuned", "ties", "mergerec layer-wise"):
+        assert set(results[label]) >= {"beauty", "sports"}, label
+    assert 0.0 <= results["mergerec layer-wise"]["pantry"]["recall@10"] <= 1.0
+    groups = set(report["learned_weights"]["mergerec layer-wise"])
+    assert {"text_tower.layer0", "text_tower.layer1"} <= groups
+    assert any(g.startswith("seq_tower") for g in groups) == (user == "sequence")

@@ -56,11 +56,12 @@ def teacher_scores(model: TextSeqRec, features: ItemInputs, seqs: list[list[int]
                    topk: int | None = None, batch_size: int = 1024) -> TeacherSignal:
     """Cosine scores of ``model`` for ``seqs`` against all items (eval mode, fp32)."""
     with on_device(model, eval_mode=True) as device:
-        item_emb = model.encode_items(features.float().to(device))
+        inputs = features.float().to(device)
+        item_emb = model.encode_items(inputs)
         rows, idx_rows = [], []
         for start in range(0, len(seqs), batch_size):
             padded, lengths = pad_sequences(seqs[start:start + batch_size], model.cfg.max_len)
-            s = model.score_sequences(item_emb, padded.to(device), lengths.to(device))
+            s = model.score_sequences(item_emb, padded.to(device), lengths.to(device), inputs)
             if topk is not None:
                 top = torch.topk(s, min(topk, s.shape[1]), dim=1)
                 rows.append(top.values.cpu())

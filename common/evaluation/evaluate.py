@@ -71,11 +71,12 @@ def evaluate_model(model: TextSeqRec, domain: Domain, text_features: ItemInputs,
     """Evaluate ``model`` on ``domain`` with full ranking in fp32."""
     cfg = cfg or EvalConfig()
     with on_device(model, eval_mode=True) as device:
-        item_emb = model.encode_items(text_features.float().to(device))
+        inputs = text_features.float().to(device)
+        item_emb = model.encode_items(inputs)
 
         def score(hist: list[list[int]]) -> torch.Tensor:
             seqs, lengths = pad_sequences(hist, model.cfg.max_len)
-            return model.score_sequences(item_emb, seqs.to(device), lengths.to(device))
+            return model.score_sequences(item_emb, seqs.to(device), lengths.to(device), inputs)
 
         return evaluate_scores(score, domain, cfg, {"max_len": model.cfg.max_len})
 

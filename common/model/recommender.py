@@ -5,7 +5,9 @@
   (:class:`~common.model.text_tower.TextTower` over cached lower-layer token states).
 * Item tower: ``e_i = x_i + gate · Adapter(x_i)``.
 * Sequence tower: a causal transformer over the last ``max_len`` item vectors of a history;
-  the user vector at position ``t`` is ``normalize(e_{s_t} + Head(h_t))``.
+  the user vector at position ``t`` is ``normalize(e_{s_t} + Head(h_t))``. Or, with
+  ``user="history_text"``, the user vector is the item tower over the trainable encoder
+  layers applied to the history's text (its items' token states one after another).
 * Score: cosine(user, item) + β·[item in the history], divided by the temperature, against
   every item of the domain. The learnable scalar β lets a model demote items the user just
   interacted with (no repeats in most shops) or promote them (repeat purchases in groceries).
@@ -117,8 +119,13 @@ class TextSeqRec(nn.Module):
             raise ValueError(f"text_layers must be >= 0, got {cfg.text_layers}")
         self.text_tower = TextTower(cfg.text_dim, cfg.text_layers, cfg.text_heads, cfg.text_ffn,
                                     cfg.text_eps) if cfg.text_layers else None
+        if cfg.user not in ("sequence", "history_text"):
+            raise ValueError(f"model.user must be 'sequence' or 'history_text', got {cfg.user!r}")
+        if cfg.user == "history_text" and not cfg.text_layers:
+            raise ValueError("model.user = history_text encodes the history's text with the "
+                             "trainable encoder layers: set model.text_layers > 0")
         self.item_tower = ItemTower(cfg)
-        self.seq_tower = SequenceTower(cfg)
+        self.seq_tower = SequenceTower(cfg) if cfg.user == "sequence" else None
         self.history_weight = nn.Parameter(torch.zeros(1))
         if cfg.repeat_head:
             self.repeat_head = nn.Linear(cfg.text_dim, 1)
@@ -133,12 +140,13 @@ class TextSeqRec(nn.Module):
     def _zero_branch_outputs(self) -> None:
         """Zero every residual branch's output projection; gates start at ``1 / fan_in``."""
         item, seq = self.item_tower, self.seq_tower
-        for layer in (item.out, seq.out, seq.skip):
+        for layer in (item.out, *(() if seq is None else (seq.out, seq.skip))):
             layer.weight.zero_()
             if layer.bias is not None:
                 layer.bias.zero_()
         item.gate.fill_(1.0 / item.out.in_features)
-        seq.gate.copy_(torch.tensor([1.0 / seq.skip.in_features, 1.0 / seq.out.in_features]))
+        if seq is not None:
+            seq.gate.copy_(torch.tensor([1.0 / seq.skip.in_features, 1.0 / seq.out.in_features]))
 
     def forward(self, item_text: ItemInputs, seqs: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,7 +159,7 @@ class TextSeqRec(nn.Module):
         if seqs is None:
             return item_emb
         assert lengths is not None
-        return self.encode_sequences(item_emb, seqs, lengths)
+        return self.encode_sequences(item_emb, seqs, lengths, item_text)
 
     def text_vectors(self, inputs: ItemInputs) -> torch.Tensor:
         """Item text vectors [N, text_dim]: token states go through the text tower; a tensor
@@ -168,16 +176,31 @@ class TextSeqRec(nn.Module):
         return self.item_tower(self.text_vectors(inputs))
 
     def sequence_states(self, item_emb: torch.Tensor, seqs: torch.Tensor, lengths: torch.Tensor,
-                        at: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """User vectors at every position [B, L, D], or [P, D] at the positions ``at``;
-        ``seqs`` padded with any valid id."""
-        return self.seq_tower(item_emb[seqs], lengths, at)
+                        at: tuple[torch.Tensor, ...] | None = None,
+                        inputs: ItemInputs | None = None) -> torch.Tensor:
+        """User vectors at every position [B, L, D] (zero past each length with
+        ``history_text``), or [P, D] at the positions ``at``; ``seqs`` padded with any valid
+        id. ``inputs``: the items' inputs ``item_emb`` came from (``history_text`` reads the
+        history's token states there)."""
+        if self.seq_tower is not None:
+            return self.seq_tower(item_emb[seqs], lengths, at)
+        if not isinstance(inputs, TokenStates):
+            raise ValueError("model.user = history_text needs the items' token states as inputs")
+        if at is None:
+            real = torch.arange(seqs.shape[1], device=seqs.device)[None] < lengths[:, None]
+            out = item_emb.new_zeros(*seqs.shape, item_emb.shape[1])
+            out[real] = self.sequence_states(item_emb, seqs, lengths, real.nonzero(as_tuple=True),
+                                             inputs)
+            return out
+        rows, pos = at[0], at[1]
+        history = inputs.histories(seqs[rows], pos + 1, self.cfg.history_tokens)
+        return self.item_tower(self.text_vectors(history))
 
     def encode_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
-                         lengths: torch.Tensor) -> torch.Tensor:
+                         lengths: torch.Tensor, inputs: ItemInputs | None = None) -> torch.Tensor:
         """User vectors [B, D] after the last real item of each sequence."""
         last = (torch.arange(len(seqs), device=seqs.device), lengths - 1)
-        return self.sequence_states(item_emb, seqs, lengths, last)
+        return self.sequence_states(item_emb, seqs, lengths, last, inputs)
 
     def history_bias(self, item_emb: torch.Tensor,
                      params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -219,10 +242,11 @@ class TextSeqRec(nn.Module):
         bonus = (beta * scale).expand(len(rows)) if beta.numel() == 1 else beta[items] * scale
         return add_at(out, rows, items, bonus.to(out.dtype))
 
-    def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
-                        lengths: torch.Tensor) -> torch.Tensor:
-        """Scores [B, N] of padded histories against all items (towers + history term)."""
-        users = self.encode_sequences(item_emb, seqs, lengths)
+    def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor, lengths: torch.Tensor,
+                        inputs: ItemInputs | None = None) -> torch.Tensor:
+        """Scores [B, N] of padded histories against all items (towers + history term);
+        ``inputs`` as in :meth:`sequence_states`."""
+        users = self.encode_sequences(item_emb, seqs, lengths, inputs)
         return self.logits(users, item_emb, sequence_history_index(seqs, lengths, len(item_emb)),
                            1.0)
 

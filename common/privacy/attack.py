@@ -47,10 +47,11 @@ def _user_losses(state: StateDict, cfg: ModelConfig, domain: Domain, features: I
     rows = training_sequences(domain.train, cfg.max_len)
     out = []
     with on_device(model, eval_mode=True) as device:
-        item_emb = model.encode_items(features.float().to(device))
+        inputs = features.float().to(device)
+        item_emb = model.encode_items(inputs)
         for start in range(0, len(rows), batch_size):
             batch = make_batch(0, rows[start:start + batch_size], cfg.max_len).to(device)
-            out.append(user_losses(model, item_emb, batch).cpu())
+            out.append(user_losses(model, item_emb, batch, inputs).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

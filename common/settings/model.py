@@ -14,7 +14,12 @@ class ModelConfig:
     number in opposite directions when their models are merged. ``text_dim`` comes from the
     text encoder;
     ``text_layers`` > 0 makes that many of the encoder's top layers part of the model
-    (``text_heads``, ``text_ffn``, ``text_eps``: their shape, also from the encoder)."""
+    (``text_heads``, ``text_ffn``, ``text_eps``: their shape, also from the encoder).
+    ``user``: the user vector comes from the ``sequence`` tower over the history's item vectors,
+    or (``history_text``, needs ``text_layers`` > 0) from the trainable encoder layers over the
+    history's text, its items' token states one after another, the last ``history_tokens``
+    kept (Recformer's user = the encoder over the history's text); the model then has no
+    sequence tower."""
 
     text_dim: int = 384
     hidden: int = 128
@@ -30,6 +35,8 @@ class ModelConfig:
     text_heads: int = 12
     text_ffn: int = 1536
     text_eps: float = 1e-12
+    user: Literal["sequence", "history_text"] = "sequence"
+    history_tokens: int = 256
 
 
 @dataclass

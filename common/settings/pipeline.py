@@ -51,6 +51,8 @@ class PipelineConfig:
         if twice:
             raise ValueError(f"merges and learned variants need distinct names; {twice} "
                              "appear more than once (give merges a 'name')")
+        if self.model.user == "history_text" and self.train.dp is not None:
+            raise ValueError("train.dp: DP-SGD needs the sequence tower (model.user: sequence)")
         for name, own in self.federation.silo_train.items():
             if name not in names:
                 raise ValueError(f"federation.silo_train: no domain '{name}' (have {names})")

@@ -52,6 +52,25 @@ class TokenStates:
         offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
         return TokenStates(self.states[rows], offsets, self.center)
 
+    def histories(self, seqs: torch.Tensor, lengths: torch.Tensor, max_tokens: int
+                  ) -> "TokenStates":
+        """One entry per row of ``seqs`` [P, L]: the token states of its first ``lengths[p]``
+        items one after another (oldest first), cut to the last ``max_tokens`` tokens."""
+        if max_tokens < 1:
+            raise ValueError(f"history_tokens must be >= 1, got {max_tokens}")
+        real = torch.arange(seqs.shape[1], device=seqs.device)[None] < lengths[:, None]
+        items = self[seqs[real]]  # row-major: each row's items in order
+        row_of_item = torch.arange(len(seqs), device=seqs.device).repeat_interleave(lengths)
+        per_row = torch.zeros(len(seqs), dtype=torch.long, device=seqs.device).index_add_(
+            0, row_of_item, items.lengths)
+        row_of_token = torch.arange(len(seqs), device=seqs.device).repeat_interleave(per_row)
+        start = torch.cumsum(per_row, 0) - per_row
+        from_end = per_row[row_of_token] - (torch.arange(len(row_of_token), device=seqs.device)
+                                            - start[row_of_token])
+        kept = per_row.clamp(max=max_tokens)
+        offsets = torch.cat([kept.new_zeros(1), torch.cumsum(kept, 0)])
+        return TokenStates(items.states[from_end <= max_tokens], offsets, self.center)
+
     def to(self, device: torch.device | str) -> "TokenStates":
         return TokenStates(self.states.to(device), self.offsets.to(device),
                            None if self.center is None else self.center.to(device))

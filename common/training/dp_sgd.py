@@ -78,6 +78,9 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: ItemInputs, cfg: T
     dp = cfg.dp
     if dp is None or dp.epsilon is None:
         raise ValueError("dp_fine_tune needs cfg.dp.epsilon")
+    if model.seq_tower is None:
+        raise ValueError("DP-SGD clips per-user gradients of the sequence tower: it does not "
+                         "run with model.user = history_text")
     rows = training_sequences(domain.train, model.cfg.max_len)
     n = len(rows)
     if n == 0:

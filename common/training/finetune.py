@@ -33,11 +33,13 @@ class TrainResult:
 
 
 def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
-                   workspace: LogitsWorkspace | None = None) -> torch.Tensor:
+                   workspace: LogitsWorkspace | None = None,
+                   inputs: ItemInputs | None = None) -> torch.Tensor:
     """Full-softmax cross-entropy at every real position of the batch (fp32 logits, fused:
-    :func:`~common.training.softmax_loss.cosine_softmax_cross_entropy`)."""
+    :func:`~common.training.softmax_loss.cosine_softmax_cross_entropy`); ``inputs``: the
+    items' inputs (:meth:`~common.model.TextSeqRec.sequence_states`)."""
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
-                                   batch.mask.nonzero(as_tuple=True))
+                                   batch.mask.nonzero(as_tuple=True), inputs)
     history = position_history_index(batch.seqs, batch.mask, len(item_emb))
     return cosine_softmax_cross_entropy(
         unit_normalize(states), unit_normalize(item_emb), model.history_bias(item_emb),
@@ -46,14 +48,15 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
 
 def in_batch_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
                   positions: torch.Tensor | None = None,
-                  encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                  encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  inputs: ItemInputs | None = None) -> torch.Tensor:
     """Cross-entropy over the batch's distinct target items only (temperature-scaled cosine
     + β at the candidates in the position's history), at the ``positions`` mask (default:
     every real position). ``encode(ids)`` gives the candidates' item vectors (default: rows
     of ``item_emb``, which also feeds the user side)."""
     positions = batch.mask if positions is None else positions
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
-                                   positions.nonzero(as_tuple=True))
+                                   positions.nonzero(as_tuple=True), inputs)
     candidates, labels = torch.unique(batch.targets[positions], return_inverse=True)
     slot = torch.full((len(item_emb),), -1, dtype=torch.long, device=item_emb.device)
     slot[candidates] = torch.arange(len(candidates), device=item_emb.device)
@@ -66,13 +69,15 @@ def in_batch_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
     return F.cross_entropy(logits.float(), labels)
 
 
-def user_losses(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+def user_losses(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
+                inputs: ItemInputs | None = None) -> torch.Tensor:
     """Per user of the batch [B]: mean next-item cross-entropy over its real positions.
 
     Fixed shapes (dense prefix histories, masked mean), so it runs under ``torch.func.vmap``
-    for per-user gradients (DP-SGD) as well as batched (membership attack).
+    for per-user gradients (DP-SGD, sequence tower only) as well as batched (membership
+    attack); ``inputs`` as in :meth:`~common.model.TextSeqRec.sequence_states`.
     """
-    states = model.sequence_states(item_emb, batch.seqs, batch.lengths)
+    states = model.sequence_states(item_emb, batch.seqs, batch.lengths, None, inputs)
     history = prefix_histories(batch.seqs, batch.lengths, len(item_emb))
     logits = model.score(states, item_emb, history) / model.cfg.temperature
     losses = F.cross_entropy(logits.float().transpose(1, 2), batch.targets, reduction="none")
@@ -166,11 +171,11 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
 
         def step_loss(batch: TrainBatch) -> torch.Tensor:
             with autocast_bf16(device, cfg.bf16):
-                item_emb = table.item_emb(batch)
+                item_emb, inputs = table.item_emb(batch), feats[batch.domain]
                 if cfg.loss == "in_batch":
-                    loss = in_batch_loss(model, item_emb, batch)
+                    loss = in_batch_loss(model, item_emb, batch, inputs=inputs)
                 else:
-                    loss = next_item_loss(model, item_emb, batch, workspace)
+                    loss = next_item_loss(model, item_emb, batch, workspace, inputs)
                 return loss + table.encoder_loss(batch, item_emb)
 
         return train_epochs(model, per_domain, max_len, step_loss, validate, schedule_of(cfg),

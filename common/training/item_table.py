@@ -72,4 +72,4 @@ class ItemTable:
         def encode(ids: torch.Tensor) -> torch.Tensor:
             return model.item_tower(model.text_tower(inputs[ids]))  # type: ignore[misc,index]
 
-        return self.in_batch(model, item_emb, batch, positions, encode)
+        return self.in_batch(model, item_emb, batch, positions, encode, inputs)
