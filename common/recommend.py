@@ -128,9 +128,11 @@ class Recommender:
                              Path(cache_dir or default_cache()) / "features", catalogue.name)
         self.device = compute_device()  # moved once: requests served in threads share it
         model.to(self.device).eval()
-        self.inputs = inputs.float().to(self.device)
+        on_device = inputs.float().to(self.device)
         with torch.no_grad():
-            self.item_emb = model.encode_items(self.inputs)
+            self.item_emb = model.encode_items(on_device)
+        # kept only where users are encoded from the history's text (token states are large)
+        self.inputs = on_device if model.seq_tower is None else None
 
     @classmethod
     def open(cls, model_dir: str | Path, catalogue: str | Path | Catalogue,

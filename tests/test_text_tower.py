@@ -14,7 +14,9 @@ from common.evaluation import EvalConfig, evaluate_model
 from common.merging import METHODS, MergeConfig, build_merge
 from common.model import ModelConfig, model_from_state, pad_sequences
 from common.model.recommender import TextSeqRec
+from common.package import load_package
 from common.pipeline import run_pipeline
+from common.recommend import Catalogue, Recommender
 from common.privacy import DPConfig
 from common.settings import PipelineConfig
 from common.text import center_features, make_encoder
@@ -247,3 +249,11 @@ def test_trained_encoder_layers_run_through_the_federation(tiny_encoder_dir, tmp
     groups = set(report["learned_weights"]["mergerec layer-wise"])
     assert {"text_tower.layer0", "text_tower.layer1"} <= groups
     assert any(g.startswith("seq_tower") for g in groups) == (user == "sequence")
+    domain = make_synthetic_domains(cfg.data.synthetic)[0]
+    model, info = load_package(tmp_path / "run" / "models" / "mergerec_layer-wise")
+    rec = Recommender(model, info, Catalogue(domain.name, domain.item_keys, domain.item_texts),
+                      tmp_path / "cache")
+    histories = domain.eval_examples("test")[0][:8]
+    inputs = item_inputs(domain.item_texts, str(tiny_encoder_dir), info.model, True, None)
+    expected = teacher_scores(model, inputs, histories).scores
+    assert (rec.scores(histories) - expected).abs().max() < 1e-5
