@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,12 +28,14 @@ from .package import load_package
 from .recommend import Catalogue, Recommender, UnknownItem, load_catalogue
 
 MAX_BODY_BYTES = 1 << 20
+MAX_HISTORY = 1000  # items in one history (the model reads only its last max_len)
 log = logging.getLogger("mergerec.serve")
+History = Annotated[list[str | int], Field(max_length=MAX_HISTORY)]
 
 
 class OneRequest(BaseModel):
     catalogue: str
-    history: list[str | int] = Field(max_length=1000)
+    history: History
     k: int = 10
     model: str | None = None
     exclude_history: bool | None = None
@@ -40,7 +43,7 @@ class OneRequest(BaseModel):
 
 class BatchRequest(BaseModel):
     catalogue: str
-    histories: list[list[str | int]]
+    histories: list[History]
     k: int = 10
     model: str | None = None
     exclude_history: bool | None = None

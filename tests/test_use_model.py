@@ -214,6 +214,8 @@ def test_service_refuses_oversized_batches_and_bodies(server):
     body = {"model": "average", "catalogue": "sports", "histories": [domain.item_keys[:1]] * 9}
     reply = httpx.post(f"{url}/recommend/batch", json=body)
     assert reply.status_code == 413 and "at most 8" in reply.json()["error"]
+    long = httpx.post(f"{url}/recommend/batch", json={**body, "histories": [[0] * 1001]})
+    assert long.status_code == 422 and "histories.0" in long.json()["error"]
     huge = httpx.post(f"{url}/recommend", content=b"{" + b" " * (2 << 20) + b"}",
                       headers={"content-type": "application/json"})
     assert huge.status_code == 413
