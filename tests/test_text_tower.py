@@ -142,10 +142,10 @@ def test_encoder_layers_need_a_transformer_encoder():
 def test_history_token_states_join_a_history_and_keep_its_last_tokens():
     offsets = torch.tensor([0, 3, 4, 8, 10])
     tokens = TokenStates(torch.arange(10.0)[:, None], offsets, torch.ones(1))
-    seqs = torch.tensor([[2, 0, 1], [3, 3, 0], [1, 0, 0]])
-    joined = tokens.histories(seqs, torch.tensor([3, 2, 1]), max_tokens=6)
-    assert joined.lengths.tolist() == [6, 4, 1]
-    assert joined.states[:, 0].tolist() == [6, 7, 0, 1, 2, 3, 8, 9, 8, 9, 3]
+    seqs = torch.tensor([[2, 0, 1], [3, 3, 0], [1, 0, 0], [0, 2, 3]])
+    joined = tokens.histories(seqs, torch.tensor([3, 2, 1, 3]), max_tokens=6)
+    assert joined.lengths.tolist() == [6, 4, 1, 6]  # the last row's first item falls out whole
+    assert joined.states[:, 0].tolist() == [6, 7, 0, 1, 2, 3, 8, 9, 8, 9, 3, 4, 5, 6, 7, 8, 9]
     assert torch.equal(joined.center, tokens.center)
     with pytest.raises(ValueError, match="history_tokens"):
         tokens.histories(seqs, torch.tensor([3, 2, 1]), max_tokens=0)

@@ -59,14 +59,15 @@ class TokenStates:
         if max_tokens < 1:
             raise ValueError(f"history_tokens must be >= 1, got {max_tokens}")
         real = torch.arange(seqs.shape[1], device=seqs.device)[None] < lengths[:, None]
-        items = self[seqs[real]]  # row-major: each row's items in order
+        ids = seqs[real]  # row-major: each row's items in order
         row_of_item = torch.arange(len(seqs), device=seqs.device).repeat_interleave(lengths)
-        per_row = torch.zeros(len(seqs), dtype=torch.long, device=seqs.device).index_add_(
-            0, row_of_item, items.lengths)
+        # items whose last token lies within the last max_tokens (the rest is never gathered)
+        to_end = _to_row_end(self.lengths[ids], row_of_item, len(seqs))[1]
+        needed = to_end - self.lengths[ids] < max_tokens
+        items, rows = self[ids[needed]], row_of_item[needed]
+        per_row = _to_row_end(items.lengths, rows, len(seqs))[0]
         row_of_token = torch.arange(len(seqs), device=seqs.device).repeat_interleave(per_row)
-        start = torch.cumsum(per_row, 0) - per_row
-        from_end = per_row[row_of_token] - (torch.arange(len(row_of_token), device=seqs.device)
-                                            - start[row_of_token])
+        from_end = _to_row_end(torch.ones_like(row_of_token), row_of_token, len(seqs))[1]
         kept = per_row.clamp(max=max_tokens)
         offsets = torch.cat([kept.new_zeros(1), torch.cumsum(kept, 0)])
         return TokenStates(items.states[from_end <= max_tokens], offsets, self.center)
@@ -112,3 +113,12 @@ class TokenStates:
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "TokenStates":
         return cls(tensors["states"], tensors["offsets"], tensors.get("center"))
+
+
+def _to_row_end(sizes: torch.Tensor, rows: torch.Tensor, num_rows: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For elements of ``sizes`` grouped in rows (``rows`` non-decreasing): each row's total
+    [num_rows] and, per element, the size from its start to its row's end (itself included)."""
+    total = torch.zeros(num_rows, dtype=sizes.dtype, device=sizes.device).index_add_(0, rows, sizes)
+    before = torch.cumsum(sizes, 0) - sizes - (torch.cumsum(total, 0) - total)[rows]
+    return total, total[rows] - before
