@@ -84,6 +84,7 @@ def config_from_run(values: Mapping[str, object], root: Path) -> PipelineConfig:
         fed.query_budget = int(values["query-budget"])  # type: ignore[call-overload]
     if float(values.get("dp-epsilon", 0) or 0) > 0:  # type: ignore[arg-type]
         cfg.train.dp = DPConfig(epsilon=float(values["dp-epsilon"]))  # type: ignore[arg-type]
+        cfg.check_training(cfg.train, "run config dp-epsilon")
     if "progress" in values:  # progress bars (a display setting of this process, not the run's)
         set_progress(bool(values["progress"]))
     if fed.catalogue not in ("text", "vectors"):

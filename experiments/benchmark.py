@@ -23,7 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from common.config import load_yaml, to_dict
+from common.config import ConfigError, from_dict, load_yaml, to_dict
 from common.federated import BASE_LABEL, IN_DOMAIN_LABEL, OWN_TRAIN_METRIC
 from common.pipeline import ID_BASELINE, PipelineConfig, run_pipeline
 from common.io import atomic_write_text
@@ -161,13 +161,26 @@ def results_csv(report: dict) -> str:
     return rows.getvalue()
 
 
+def as_json(cfg: PipelineConfig) -> object:
+    return json.loads(json.dumps(to_dict(cfg), default=str))
+
+
+def same_config(recorded: object, cfg: PipelineConfig) -> bool:
+    """Whether a finished report's recorded configuration is ``cfg`` (read back through the
+    current settings, so a setting added since, at its default, still matches)."""
+    try:
+        return as_json(from_dict(PipelineConfig, recorded)) == as_json(cfg)
+    except (ConfigError, ValueError, TypeError):
+        return False
+
+
 def run_seed(cfg: PipelineConfig, out: Path) -> dict:
     """One seed's run into ``out`` (reused when a finished report has the same config)."""
     done = out / "report.json"
     cfg.output_dir = str(out)  # part of the configuration a finished report records
     if done.is_file():
         kept = json.loads(done.read_text())
-        if kept.get("config") == json.loads(json.dumps(to_dict(cfg), default=str)):
+        if same_config(kept.get("config"), cfg):
             print(f"{out}: finished run with this configuration, reused", flush=True)
             kept["targets"] = targets(kept)  # checked by this code
             return kept

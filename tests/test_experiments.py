@@ -296,6 +296,19 @@ def test_benchmark_reuses_a_finished_seed_with_the_same_configuration(tmp_path, 
     assert again["results"] == first["results"]
 
 
+def test_a_recorded_configuration_matches_across_settings_added_since(tmp_path):
+    from experiments.benchmark import same_config
+    from common.config import to_dict
+
+    cfg = tiny_config(tmp_path)
+    recorded = json.loads(json.dumps(to_dict(cfg), default=str))
+    del recorded["model"]["user"], recorded["model"]["history_tokens"]  # written before they existed
+    assert same_config(recorded, cfg)
+    recorded["model"]["hidden"] += 1
+    assert not same_config(recorded, cfg)
+    assert not same_config({"model": {"no such setting": 1}}, cfg)
+
+
 def test_readme_headline_matches_its_committed_report():
     from experiments.headline import headline, readme_block
     from experiments.publish import REPORTS

@@ -178,7 +178,12 @@ def test_history_text_theta0_scores_the_history_text_against_each_item(history_s
     with pytest.raises(ValueError, match="does not run with model.user = history_text"):
         dp_fine_tune(model, domains[0], x, TrainConfig(epochs=1, dp=DPConfig(epsilon=8.0)))
     with pytest.raises(ValueError, match="text_layers > 0"):
-        TextSeqRec(ModelConfig(text_dim=8, hidden=8, user="history_text"))
+        ModelConfig(text_dim=8, hidden=8, user="history_text")
+    with pytest.raises(ValueError, match="history_tokens must be >= 1"):
+        ModelConfig(text_layers=1, user="history_text", history_tokens=0)
+    # the history-text settings are no part of a sequence model's identity (checkpoint keys)
+    assert ModelConfig(history_tokens=8).identity() == ModelConfig().identity()
+    assert cfg.identity() != replace(cfg, history_tokens=8).identity()
 
 
 @pytest.mark.parametrize("rows,loss", [("last", "full_softmax"), ("targets", "in_batch")])

@@ -119,11 +119,6 @@ class TextSeqRec(nn.Module):
             raise ValueError(f"text_layers must be >= 0, got {cfg.text_layers}")
         self.text_tower = TextTower(cfg.text_dim, cfg.text_layers, cfg.text_heads, cfg.text_ffn,
                                     cfg.text_eps) if cfg.text_layers else None
-        if cfg.user not in ("sequence", "history_text"):
-            raise ValueError(f"model.user must be 'sequence' or 'history_text', got {cfg.user!r}")
-        if cfg.user == "history_text" and not cfg.text_layers:
-            raise ValueError("model.user = history_text encodes the history's text with the "
-                             "trainable encoder layers: set model.text_layers > 0")
         self.item_tower = ItemTower(cfg)
         self.seq_tower = SequenceTower(cfg) if cfg.user == "sequence" else None
         self.history_weight = nn.Parameter(torch.zeros(1))
@@ -155,10 +150,11 @@ class TextSeqRec(nn.Module):
         This single entry point lets ``torch.func.functional_call`` run either tower with
         merged parameters.
         """
-        item_emb = self.encode_items(item_text)
         if seqs is None:
-            return item_emb
+            return self.encode_items(item_text)
         assert lengths is not None
+        # history-text users read the items' inputs, not their vectors
+        item_emb = self.encode_items(item_text) if self.seq_tower is not None else None
         return self.encode_sequences(item_emb, seqs, lengths, item_text)
 
     def text_vectors(self, inputs: ItemInputs) -> torch.Tensor:
@@ -175,20 +171,21 @@ class TextSeqRec(nn.Module):
         """Unnormalised item vectors [N, D] from text vectors or token states."""
         return self.item_tower(self.text_vectors(inputs))
 
-    def sequence_states(self, item_emb: torch.Tensor, seqs: torch.Tensor, lengths: torch.Tensor,
-                        at: tuple[torch.Tensor, ...] | None = None,
+    def sequence_states(self, item_emb: torch.Tensor | None, seqs: torch.Tensor,
+                        lengths: torch.Tensor, at: tuple[torch.Tensor, ...] | None = None,
                         inputs: ItemInputs | None = None) -> torch.Tensor:
         """User vectors at every position [B, L, D] (zero past each length with
         ``history_text``), or [P, D] at the positions ``at``; ``seqs`` padded with any valid
         id. ``inputs``: the items' inputs ``item_emb`` came from (``history_text`` reads the
-        history's token states there)."""
+        history's token states there and needs no ``item_emb``)."""
         if self.seq_tower is not None:
+            assert item_emb is not None, "the sequence tower reads the item vectors"
             return self.seq_tower(item_emb[seqs], lengths, at)
         if not isinstance(inputs, TokenStates):
             raise ValueError("model.user = history_text needs the items' token states as inputs")
         if at is None:
             real = torch.arange(seqs.shape[1], device=seqs.device)[None] < lengths[:, None]
-            out = item_emb.new_zeros(*seqs.shape, item_emb.shape[1])
+            out = inputs.states.new_zeros(*seqs.shape, self.cfg.text_dim)
             out[real] = self.sequence_states(item_emb, seqs, lengths, real.nonzero(as_tuple=True),
                                              inputs)
             return out
@@ -196,7 +193,7 @@ class TextSeqRec(nn.Module):
         history = inputs.histories(seqs[rows], pos + 1, self.cfg.history_tokens)
         return self.item_tower(self.text_vectors(history))
 
-    def encode_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor,
+    def encode_sequences(self, item_emb: torch.Tensor | None, seqs: torch.Tensor,
                          lengths: torch.Tensor, inputs: ItemInputs | None = None) -> torch.Tensor:
         """User vectors [B, D] after the last real item of each sequence."""
         last = (torch.arange(len(seqs), device=seqs.device), lengths - 1)

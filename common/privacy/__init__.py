@@ -1,6 +1,6 @@
 """Measured leakage (pure, no Flower imports): a membership-inference attack from the
-coordinator's point of view; the DP-SGD accounting lives with training
-(:mod:`common.training.accountant`) and is re-exported here."""
+coordinator's point of view; the DP settings (:mod:`common.settings`) and the DP-SGD accounting
+(:mod:`common.training.accountant`) are re-exported here."""
 
 from ..settings import DPConfig
 from ..training.accountant import calibrate_noise, dp_epsilon

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 
@@ -37,6 +37,24 @@ class ModelConfig:
     text_eps: float = 1e-12
     user: Literal["sequence", "history_text"] = "sequence"
     history_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.user not in ("sequence", "history_text"):
+            raise ValueError(f"model.user must be 'sequence' or 'history_text', got {self.user!r}")
+        if self.user == "history_text" and self.text_layers <= 0:
+            raise ValueError("model.user = history_text encodes the history's text with the "
+                             "trainable encoder layers: set model.text_layers > 0")
+        if self.history_tokens < 1:
+            raise ValueError(f"model.history_tokens must be >= 1, got {self.history_tokens}")
+
+    def identity(self) -> dict:
+        """The settings that make a model what it is (what checkpoints are keyed by): every
+        field, less the history-text ones for a sequence-tower model (they do not act on it,
+        so a checkpoint made before they existed keeps its key)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.user == "sequence":
+            del out["user"], out["history_tokens"]
+        return out
 
 
 @dataclass

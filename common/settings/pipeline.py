@@ -51,9 +51,15 @@ class PipelineConfig:
         if twice:
             raise ValueError(f"merges and learned variants need distinct names; {twice} "
                              "appear more than once (give merges a 'name')")
-        if self.model.user == "history_text" and self.train.dp is not None:
-            raise ValueError("train.dp: DP-SGD needs the sequence tower (model.user: sequence)")
         for name, own in self.federation.silo_train.items():
             if name not in names:
                 raise ValueError(f"federation.silo_train: no domain '{name}' (have {names})")
-            with_overrides(self.train, own, f"federation.silo_train.{name}")
+            self.check_training(with_overrides(self.train, own, f"federation.silo_train.{name}"),
+                                f"federation.silo_train.{name}")
+        self.check_training(self.train, "train")
+
+    def check_training(self, train: TrainConfig, where: str) -> None:
+        """Settings of one fine-tuning that the model cannot run with."""
+        if self.model.user == "history_text" and train.dp is not None and train.dp.epsilon is not None:
+            raise ValueError(f"{where}.dp: DP-SGD clips per-user gradients of the sequence "
+                             "tower; it does not run with model.user = history_text")

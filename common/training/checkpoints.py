@@ -26,7 +26,7 @@ def training_key(base: StateDict, model_cfg: ModelConfig, train_cfg: TrainConfig
                  domains: list[Domain]) -> str:
     """Identifies a fine-tuning run: θ₀ hash, configs and the training data's catalogue."""
     train = to_dict(train_cfg)
-    payload = json.dumps([state_hash(base), to_dict(model_cfg), train,
+    payload = json.dumps([state_hash(base), model_cfg.identity(), train,
                           [(d.name, d.catalogue_hash(), d.num_users) for d in domains]],
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

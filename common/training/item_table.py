@@ -3,7 +3,8 @@
 Re-encoding a whole catalogue through transformer layers at every step costs far more than the
 rest of a step on a CPU. So the main loss (full softmax, or in-batch) runs over a table of
 every item's text vectors encoded without gradient and refreshed every few steps: it trains
-the item adapter and the sequence tower, as with frozen vectors. The encoder layers learn from
+the item adapter and the sequence tower, as with frozen vectors (with ``history_text`` users,
+the encoder layers too, through the freshly encoded user side). The encoder layers learn from
 a second, in-batch term whose candidates are all re-encoded with gradient: the batch's target
 items at each user's last position (``last``) or at every position (``targets``).
 
