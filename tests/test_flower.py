@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Context, Message, Metadata, RecordDict
 from safetensors.numpy import load_file
 
@@ -17,7 +16,7 @@ from common.data import make_synthetic_domains
 from common.federated import MESSAGE_KINDS, QueryRefused
 from common.federated.protocol import TrainRequest, encode_query, encode_train_request
 from common.model import ModelConfig, build_base_model
-from common.pipeline import run_pipeline, simulated_silo_config
+from common.pipeline import simulated_silo_config
 from common.training import TrainConfig
 from common.federated import RunSettings
 from silos.client_app import app as client_app
@@ -97,17 +96,21 @@ def _assert_own_training(report: dict) -> None:
 
 
 def _assert_matches_reference(report: dict, tmp_path: Path, tolerance: float = 0.0) -> None:
-    """Metrics equal to the reference's (within ``tolerance``): the reference runs with one
-    torch thread, as every silo does (simulation: one CPU per virtual SuperNode; deployment:
-    ``--threads-per-silo 1``); another thread count sums in another order, and last-bit
-    differences flip near-tied ranks. Separate processes on a deployment still differ in the
-    last bits now and then (seen on TIES, NDCG@50 at 1e-5): it is held to 1e-3."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = run_pipeline(tiny_config(tmp_path / "ref"))["results"]
-    finally:
-        torch.set_num_threads(threads)
+    """Metrics equal to the reference's (within ``tolerance``). The reference runs in a fresh
+    interpreter with one torch thread, as every silo does (simulation: one CPU per virtual
+    SuperNode; deployment: ``--threads-per-silo 1``): another thread count sums in another
+    order, and a process that has run other tests first was once seen to differ in the last
+    bits of one TIES model; last-bit differences flip near-tied ranks. Separate processes on a
+    deployment still differ in the last bits now and then (seen on TIES, NDCG@50 at 1e-5): it
+    is held to 1e-3."""
+    out = tmp_path / "reference.json"
+    script = ("import json, sys, torch\nfrom pathlib import Path\ntorch.set_num_threads(1)\n"
+              "from common.pipeline import run_pipeline\nfrom tests.runs import tiny_config\n"
+              "results = run_pipeline(tiny_config(Path(sys.argv[1])))['results']\n"
+              "Path(sys.argv[2]).write_text(json.dumps(results))\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "ref"), str(out)], cwd=ROOT,
+                   check=True, capture_output=True, text=True)
+    reference = json.loads(out.read_text())
     assert report["results"].keys() == reference.keys()
     for method, row in reference.items():
         got = report["results"][method]
