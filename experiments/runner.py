@@ -46,6 +46,7 @@ from typing import Any, Callable
 from safetensors.torch import load_file
 
 from common.config import ConfigError, deep_merge, from_dict, load_yaml, read_yaml, to_dict
+from common.data.domain import DataError
 from common.experiment import load_full_domains, split_holdout
 from common.federated.coordinator import safe_name
 from common.backbone import item_inputs, resolve_base
@@ -88,9 +89,10 @@ def load_experiment(path: Path) -> tuple[ExperimentConfig, dict]:
     base: dict = {}
     if exp.base:
         base = read_yaml(path.parent / exp.base) or {}
-    if exp.data_dir:
-        for src in base.get("data", {}).get("sources", []):
-            src["path"] = str((path.parent / exp.data_dir / src["path"]).resolve())
+    if exp.data_dir:  # sources may be named by the base, the common part or a setting
+        for mapping in (base, exp.common, *(s.set for s in exp.settings)):
+            for src in mapping.get("data", {}).get("sources", []):
+                src["path"] = str((path.parent / exp.data_dir / src["path"]).resolve())
     if exp.silo_dir:
         exp.silo_dir = str((path.parent / exp.silo_dir).resolve())
     labels = [s.label for s in exp.settings]
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                        Path(args.output) if args.output else None, args.seeds,
                        Path(args.silo_dir) if args.silo_dir else None,
                        exp_name(args.experiment) if args.publish else None)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

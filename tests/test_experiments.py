@@ -159,6 +159,9 @@ def test_shipped_experiments_are_valid():
             cfg = from_dict(PipelineConfig, deep_merge(deep_merge(base, exp.common), setting.set))
             if exp.base is not None:
                 assert [s.name for s in cfg.data.sources] == ["Beauty", "Pantry", "Sports"]
+            if exp.data_dir:  # wherever the sources are named, they point at the shared data
+                assert all(Path(s.path).is_absolute() and Path(s.path).parent.name == "amazon"
+                           for s in cfg.data.sources), (path, cfg.data.sources)
     for path in sorted((configs / "pipelines").glob("*.yaml")):
         load_yaml(PipelineConfig, path)
     exp, _ = load_experiment(configs / "experiments" / "learned-variants.yaml")
