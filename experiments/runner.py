@@ -55,7 +55,7 @@ from common.pipeline import run_pipeline
 from common.settings import PipelineConfig
 from common.privacy import attack_metrics, membership_scores
 from common.io import atomic_write_text
-from experiments.benchmark import training_free
+from experiments.benchmark import training_free, wall_time
 from experiments.publish import publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,6 +220,12 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def minutes_cell(minutes: list[float], runs: int) -> str:
+    """A setting's mean wall time over its ``runs``; "?" when one of them reused trainings
+    whose time was not recorded."""
+    return f"{statistics.mean(minutes):.1f}" if len(minutes) == runs else "?"
+
+
 def _avg(report: dict, method: str, metric: str, over: str = "average") -> float | None:
     """A method's ``metric`` averaged ``over`` the seen (``average``) or the evaluation-only
     (``average unseen``) domains."""
@@ -233,6 +239,8 @@ def run_stats(report: dict, headline: str) -> dict[str, float | None]:
     attack = list(report.get("attack", {}).values())
     free = [v for v in (_avg(report, m, "recall@10") for m in training_free(report)) if v is not None]
     ledger = list(report["ledger"].values())
+    seconds, known, _ = wall_time(report)
+    minutes = seconds / 60
     return {
         "headline_recall@10": _avg(report, headline, "recall@10"),
         "headline_ndcg@10": _avg(report, headline, "ndcg@10"),
@@ -243,6 +251,7 @@ def run_stats(report: dict, headline: str) -> dict[str, float | None]:
         "epsilon": statistics.mean(spent) if spent else None,
         "attack_auc": statistics.mean(a["auc"] for a in attack) if attack else None,
         "attack_advantage": statistics.mean(a["advantage"] for a in attack) if attack else None,
+        "wall_minutes": minutes if known else None,
     }
 
 
@@ -255,10 +264,12 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
              f"Seeds: {exp.seeds}. Headline method: **{exp.headline}**. Metrics: "
              f"{' and '.join(splits) or 'test'} split, full "
              "ranking over each domain's catalogue, averaged over the seen domains; mean ± std "
-             "over seeds.", "",
+             "over seeds. Wall time: a run's own, plus the recorded time of the trainings it "
+             "reused from an earlier run (shared silo checkpoints).", "",
              f"| setting | ε (nominal, spent by the silos) | {exp.headline} avg R@10 | avg N@10 | "
              "in-domain R@10 | best training-free R@10 | bytes per silo | queries per silo | "
-             "attack AUC | attack adv. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "attack AUC | attack adv. | wall time (min) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     summary: dict[str, dict[str, list[float]]] = {}
     for setting in exp.settings:
         stats = [run_stats(r, exp.headline) for r in runs.get(setting.label, {}).values()]
@@ -274,7 +285,7 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
         lines.append(f"| {setting.label} | {eps} | " + " | ".join(cells) +
                      f" | {statistics.mean(row['bytes']) / 1e6:.2f} MB | "
                      f"{statistics.mean(row['queries']):.0f} | {mean_std(row['attack_auc'])} | "
-                     f"{mean_std(row['attack_advantage'])} |")
+                     f"{mean_std(row['attack_advantage'])} | {minutes_cell(row['wall_minutes'], len(stats))} |")
     methods = list(dict.fromkeys(m for label in labels for r in runs[label].values()
                                  for m in r["results"]))  # every setting's methods, in order
     tables = [("average", "seen domains")]

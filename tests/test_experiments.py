@@ -32,8 +32,10 @@ def test_privacy_experiment_end_to_end(tmp_path):
     assert len(summary["eps=8"]["headline_recall@10"]) == 2  # two seeds
     assert all(0 < e <= 8.0 for e in summary["eps=8"]["epsilon"]) and not summary["no DP"]["epsilon"]
     assert all(0 <= a <= 1 for a in summary["no DP"]["attack_auc"])
+    assert len(summary["no DP"]["wall_minutes"]) == 2 and all(m > 0 for m in summary["no DP"]["wall_minutes"])
     report = (out / "report.md").read_text()
     assert "± " in report and "| eps=8 | 8 (spent " in report and "attack AUC" in report
+    assert "wall time (min)" in report
     for png in ("settings.png", "per_domain.png", "weights_heatmap.png"):
         assert (out / png).stat().st_size > 1000
     runs = sorted(out.glob("runs/*/seed*/run.json"))
@@ -321,3 +323,6 @@ def test_readme_headline_matches_its_committed_report():
         pytest.fail("experiments/reports/benchmark/ is missing: publish the benchmark first")
     assert readme_block(root / "README.md") == headline()
     assert (root / "README.md").stat().st_size <= 10_000
+    from experiments.runner import minutes_cell
+    assert minutes_cell([30.0, 40.0], 2) == "35.0"
+    assert minutes_cell([30.0], 2) == "?"  # one seed's reused training time unknown
