@@ -48,6 +48,7 @@ from safetensors.torch import load_file
 from common.config import ConfigError, deep_merge, from_dict, load_yaml, read_yaml, to_dict
 from common.data.domain import DataError
 from common.experiment import load_full_domains, split_holdout
+from common.federated import BASE_LABEL, IN_DOMAIN_LABEL
 from common.federated.coordinator import safe_name
 from common.backbone import item_inputs, resolve_base
 from common.model import state_hash
@@ -244,7 +245,7 @@ def run_stats(report: dict, headline: str) -> dict[str, float | None]:
     return {
         "headline_recall@10": _avg(report, headline, "recall@10"),
         "headline_ndcg@10": _avg(report, headline, "ndcg@10"),
-        "in_domain_recall@10": _avg(report, "in-domain fine-tuned", "recall@10"),
+        "in_domain_recall@10": _avg(report, IN_DOMAIN_LABEL, "recall@10"),
         "best_free_recall@10": max(free) if free else None,
         "bytes": statistics.mean(v["bytes"] for v in ledger),
         "queries": statistics.mean(v["queries"] for v in ledger),
@@ -301,6 +302,7 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                                           if v is not None])
                                 for metric in ("recall@10", "ndcg@10")) for label in labels]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += per_domain_table(runs, labels, exp.headline)
     lines += ["", sampling_error(runs, labels, exp.headline)]
     stamps = {label: json.dumps(p, default=str) for label, p in protocols.items()}
     if len(set(stamps.values())) == 1:
@@ -308,6 +310,24 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
     else:
         lines += [""] + [f"Protocol ({label}): {p}" for label, p in stamps.items()]
     return "\n".join(lines) + "\n", summary
+
+
+def per_domain_table(runs: dict[str, dict[int, dict]], labels: list[str], headline: str) -> list[str]:
+    """θ₀, the in-domain models and the headline per domain and setting (Recall@10, mean over
+    seeds): where a setting gains or loses."""
+    rows = [m for m in (BASE_LABEL, IN_DOMAIN_LABEL, headline)
+            if any(m in r["results"] for rep in runs.values() for r in rep.values())]
+    domains = list(dict.fromkeys(d for rep in runs.values() for r in rep.values()
+                                 for m in rows for d in r["results"].get(m, {})
+                                 if not d.startswith("average")))
+    lines = ["", "## Recall@10 per domain", "", "| setting | method | " + " | ".join(domains) + " |",
+             "|---|---|" + "---:|" * len(domains)]
+    for label in labels:
+        for m in rows:
+            cells = [mean_std([r["results"][m][d]["recall@10"] for r in runs[label].values()
+                               if d in r["results"].get(m, {})]) for d in domains]
+            lines.append(f"| {label} | {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def sampling_error(runs: dict[str, dict[int, dict]], labels: list[str], method: str) -> str:
@@ -356,8 +376,8 @@ def plot(exp: ExperimentConfig, runs: dict[str, dict[int, dict]], summary: dict,
     made.append("settings.png")
 
     first = next(iter(runs[labels[0]].values()))
-    domains = [d for d in first["results"]["in-domain fine-tuned"] if not d.startswith("average")]
-    methods = [m for m in ("zero-shot base θ₀", "in-domain fine-tuned", "average", "ties",
+    domains = [d for d in first["results"][IN_DOMAIN_LABEL] if not d.startswith("average")]
+    methods = [m for m in (BASE_LABEL, IN_DOMAIN_LABEL, "average", "ties",
                            exp.headline) if m in first["results"]]
     fig, ax = plt.subplots(figsize=(1.6 * len(domains) + 2, 3.6))
     width = 0.8 / len(methods)

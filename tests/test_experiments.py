@@ -36,6 +36,7 @@ def test_privacy_experiment_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "± " in report and "| eps=8 | 8 (spent " in report and "attack AUC" in report
     assert "wall time (min)" in report
+    assert "| eps=8 | in-domain fine-tuned | " in report  # per domain, per setting
     for png in ("settings.png", "per_domain.png", "weights_heatmap.png"):
         assert (out / png).stat().st_size > 1000
     runs = sorted(out.glob("runs/*/seed*/run.json"))
