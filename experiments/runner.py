@@ -315,7 +315,7 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
 def per_domain_table(runs: dict[str, dict[int, dict]], labels: list[str], headline: str) -> list[str]:
     """θ₀, the in-domain models and the headline per domain and setting (Recall@10, mean over
     seeds): where a setting gains or loses."""
-    rows = [m for m in (BASE_LABEL, IN_DOMAIN_LABEL, headline)
+    rows = [m for m in dict.fromkeys((BASE_LABEL, IN_DOMAIN_LABEL, headline))
             if any(m in r["results"] for rep in runs.values() for r in rep.values())]
     domains = list(dict.fromkeys(d for rep in runs.values() for r in rep.values()
                                  for m in rows for d in r["results"].get(m, {})
