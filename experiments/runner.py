@@ -431,6 +431,7 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
     runs: dict[str, dict[int, dict]] = {}
     silo_dir = Path(exp.silo_dir) if exp.silo_dir else out / "silos"
     kept = kept_checkpoints(silo_dir)
+    loaded = stamp()  # the code this process imported: what in-process runs execute
     todo = [(s, k) for k in exp.seeds for s in exp.settings]
     for i, (setting, seed) in enumerate(todo, 1):
         folder = run_dir(out, setting, seed)
@@ -443,11 +444,12 @@ def run_experiment(path: Path, mode: str = "simulation", report_only: bool = Fal
         if report_only:
             continue
         print(f"[{i}/{len(todo)}] {exp.name}: {setting.label}, seed {seed} ({mode})", flush=True)
+        made_by = loaded if mode == "in-process" else stamp()  # a simulation imports it anew
         report = run_one(raw, folder, mode, silo_dir)
         if exp.attack:
             report["attack"] = leakage(raw, folder, report)
         report["inputs"] = run_inputs(raw, folder)
-        report["stamp"] = stamp()  # the code that produced this run
+        report["stamp"] = made_by
         atomic_write_text(folder / "run.json", json.dumps(report, default=str))
         kept = kept_checkpoints(silo_dir)  # the run may have added checkpoints
         runs.setdefault(setting.label, {})[seed] = report
