@@ -180,8 +180,9 @@ def same_config(recorded: object, cfg: PipelineConfig) -> bool:
         return False
 
 
-def run_seed(cfg: PipelineConfig, out: Path) -> dict:
-    """One seed's run into ``out`` (reused when a finished report has the same config)."""
+def run_seed(cfg: PipelineConfig, out: Path, made_by: dict[str, str] | None = None) -> dict:
+    """One seed's run into ``out`` (reused when a finished report has the same config),
+    stamped ``made_by`` (default: the checkout now)."""
     done = out / "report.json"
     cfg.output_dir = str(out)  # part of the configuration a finished report records
     if done.is_file():
@@ -190,7 +191,7 @@ def run_seed(cfg: PipelineConfig, out: Path) -> dict:
             print(f"{out}: finished run with this configuration, reused", flush=True)
             kept["targets"] = targets(kept)  # checked by this code
             return kept
-    made_by = stamp()  # the code that produced this seed's run
+    made_by = made_by or stamp()
     report = run_pipeline(cfg)
     report["stamp"] = made_by
     report["targets"] = targets(report)
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(src.path).is_absolute():
             src.path = str(Path(args.data_dir) / src.path)
     out = Path(args.output) if args.output else Path("results") / "benchmark" / Path(args.config).stem
-    reports = {seed: run_seed(replace(cfg, seed=seed), out / f"seed{seed}")
+    loaded = stamp()  # the code this process imported: what every seed runs
+    reports = {seed: run_seed(replace(cfg, seed=seed), out / f"seed{seed}", loaded)
                for seed in (args.seeds or [cfg.seed])}
     text = combined_markdown(Path(args.config).name, reports)
     atomic_write_text(out / "report.md", text + "\n")
