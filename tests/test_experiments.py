@@ -324,6 +324,10 @@ def test_readme_headline_matches_its_committed_report():
         pytest.fail("experiments/reports/benchmark/ is missing: publish the benchmark first")
     assert readme_block(root / "README.md") == headline()
     assert (root / "README.md").stat().st_size <= 10_000
+
+
+def test_runner_wall_time_is_unknown_when_one_run_is():
     from experiments.runner import minutes_cell
+
     assert minutes_cell([30.0, 40.0], 2) == "35.0"
     assert minutes_cell([30.0], 2) == "?"  # one seed's reused training time unknown
