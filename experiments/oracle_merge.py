@@ -1,16 +1,18 @@
 """Merging weights fitted on *real* validation users: a non-private reference for learned merging.
 
-    python -m experiments.oracle_merge [--benchmark results/benchmark-silo-settings]
-                                       [--output results/oracle-merge] [--steps 800]
+    python -m experiments.oracle_merge [--benchmark results/benchmark/benchmark] [--seeds 0 1]
+                                       [--output results/oracle-merge] [--publish oracle-merge]
 
-On a finished benchmark's fine-tuned weights (its ``received/`` folder), the merging weights
+On a finished benchmark's fine-tuned weights (each seed's ``received/`` folder), the merging weights
 are learned task-, layer- or tensor-wise with the recommendation loss on every domain's
 validation users and their true next items, instead of pseudo-users and teacher answers, with
 the item table re-encoded by the current weights at every step (the loss sees exactly the
 model that is evaluated). Each merge is then evaluated on the benchmark's split (test) and on
 validation, where it was fitted. Non-private, like joint training: it asks whether real users
-would have let the learned merge get further than the pseudo-users did.
-Writes ``report.md`` and ``report.json``.
+would have let the learned merge get further than the pseudo-users did: how much of the gap
+between the learned merge and the in-domain models is the merge itself (these weights, merged),
+and how much the signal it learns from. Writes ``<output>/seed<k>/report.{md,json}`` (reused
+when the settings match) and the combined ``<output>/report.md``.
 """
 
 from __future__ import annotations
@@ -29,18 +31,18 @@ from common.data import Domain
 from common.distill import DistillConfig, DomainPseudoData, TeacherSignal, learn_merge_weights
 from common.evaluation import EvalConfig, evaluate_model
 from common.experiment import load_domains
-from common.federated import RunSettings
+from common.federated import BASE_LABEL, IN_DOMAIN_LABEL, RunSettings
 from common.federated.coordinator import safe_name
 from common.merging import MergeConfig, build_merge
 from common.backbone import resolve_base
 from common.model import TextSeqRec, model_from_state, state_hash
 from common.pipeline import PipelineConfig, local_silos
+from common.io import atomic_write_text
 from common.report import markdown_table, write_report
-from common.merging import TRAINING_FREE_LABELS
+from experiments.benchmark import learned_merges, plot, training_free
+from experiments.publish import publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_ROWS = ("zero-shot base θ₀", "in-domain fine-tuned", *TRAINING_FREE_LABELS, "mergerec task-wise",
-                  "mergerec layer-wise")
 
 
 def validation_users(domain: Domain, features: torch.Tensor, max_len: int, max_users: int,
@@ -85,7 +87,8 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
     run = RunSettings(cfg.encoder, cfg.center_features, model_cfg)
     feats = {s.cfg.name: s.features(run) for s in local_silos(cfg, domains)}
     data = [validation_users(d, feats[d.name], model_cfg.max_len, max_users, cfg.seed) for d in domains]
-    results = {m: bench_report["results"][m] for m in REFERENCE_ROWS if m in bench_report["results"]}
+    free, learned_rows = training_free(bench_report), learned_merges(bench_report)
+    results = {m: bench_report["results"][m] for m in (BASE_LABEL, *free, *learned_rows)}
     weights, seconds, fit = {}, {}, {}
     for g in granularities:
         label = f"oracle {g}-wise (real validation users)"
@@ -101,7 +104,9 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
         results[label], weights[label] = row, learned.weights
         seconds[label] = round(time.perf_counter() - start, 1)
         print(f"{label}: avg R@10 {row['average']['recall@10']:.4f} ({seconds[label]} s)", flush=True)
+    results[IN_DOMAIN_LABEL] = bench_report["results"][IN_DOMAIN_LABEL]
     return {"benchmark": str(bench), "results": results, "learned_weights": weights,
+            "training_free": free, "learned": learned_rows,
             "validation_average": fit, "seconds": seconds, "protocol": bench_report.get("protocol"),
             "oracle": {"steps": steps, "batch_size": batch_size, "users_per_domain": max_users,
                        "loss": "cross-entropy on the true next item", "split_fitted": "val",
@@ -109,38 +114,76 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
 
 
 def summary(report: dict) -> str:
-    """The results table and how each merge fitted on real users compares with the best
-    training-free merge and the in-domain models."""
+    """The results table, then each learned merge (pseudo-users, as the method runs, and fitted
+    on real users) against the best training-free merge and the in-domain models."""
     res = report["results"]
-    free = [m for m in TRAINING_FREE_LABELS if m in res]
-    best_free = max(free, key=lambda m: res[m]["average"]["recall@10"])
+    best_free = max(report["training_free"], key=lambda m: res[m]["average"]["recall@10"])
     tf = res[best_free]["average"]["recall@10"]
-    in_domain = res["in-domain fine-tuned"]["average"]["recall@10"]
+    in_domain = res[IN_DOMAIN_LABEL]["average"]["recall@10"]
     lines = [markdown_table(report), "",
              f"Best training-free merge: {best_free} {tf:.4f}; in-domain fine-tuned {in_domain:.4f}.", ""]
-    for label in report["learned_weights"]:
+    for label in [*report["learned"], *report["learned_weights"]]:
         r = res[label]["average"]["recall@10"]
-        v = report["validation_average"][label]["recall@10"]
-        lines.append(f"- {label}: {r:.4f} ({r / tf - 1:+.1%} over {best_free}, "
-                     f"{r / in_domain:.1%} of in-domain); on validation, where it was fitted, "
-                     f"{v:.4f}; {report['seconds'][label]} s")
+        line = f"- {label}: {r:.4f} ({r / tf - 1:+.1%} over {best_free}, {r / in_domain:.1%} of in-domain)"
+        if label in report["learned_weights"]:
+            line += (f"; on validation, where it was fitted, "
+                     f"{report['validation_average'][label]['recall@10']:.4f}; "
+                     f"{report['seconds'][label]} s")
+        lines.append(line)
     return "\n".join(lines)
 
 
-def main() -> None:
+def oracle_seed(bench: Path, out: Path, settings: dict, made_by: dict[str, str]) -> dict:
+    """:func:`run_oracle` on one benchmark seed into ``out`` (a finished report with the same
+    benchmark and settings is reused)."""
+    done = out / "report.json"
+    if done.is_file():
+        report = json.loads(done.read_text())
+        if report.get("benchmark") == str(bench) and report.get("settings") == settings:
+            print(f"{out}: finished with these settings, reused", flush=True)
+            return report
+    report = {**run_oracle(bench, **settings), "settings": settings, "stamp": made_by}
+    write_report(report, out, summary(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--benchmark", default="results/benchmark/amazon3-silo-settings/seed0")
+    ap.add_argument("--benchmark", default="results/benchmark/benchmark",
+                    help="a benchmark's results folder, with one seed<k>/ per seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--output", default="results/oracle-merge")
     ap.add_argument("--granularity", nargs="+", default=["task", "layer", "tensor"],
                     choices=["task", "layer", "tensor"])
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--users", type=int, default=4000, help="validation users per domain")
-    args = ap.parse_args()
-    report = run_oracle(Path(args.benchmark), args.granularity, args.steps, args.batch_size, args.users)
-    text = summary(report)
-    write_report(report, Path(args.output), text)
+    ap.add_argument("--publish", metavar="NAME",
+                    help="write the combined report to experiments/reports/NAME/")
+    args = ap.parse_args(argv)
+    settings = {"granularities": args.granularity, "steps": args.steps,
+                "batch_size": args.batch_size, "max_users": args.users}
+    out, loaded = Path(args.output), stamp()  # the code this process imported
+    reports = {seed: oracle_seed(Path(args.benchmark) / f"seed{seed}", out / f"seed{seed}",
+                                 settings, loaded) for seed in args.seeds}
+    made_by = ", ".join(f"seed {s}: `{r['stamp']['commit']}` on {r['stamp']['date']}"
+                        for s, r in reports.items())
+    head = (f"Benchmark: `{args.benchmark}`; {len(reports)} seed(s); {made_by}. Merging weights "
+            f"fitted on {args.users} real validation users per domain, {args.steps} steps of "
+            f"{args.batch_size}; metrics on the test split.")
+    text = "\n\n".join([head,
+                         *(f"## Seed {s}\n\n{summary(r)}" for s, r in reports.items())])
+    atomic_write_text(out / "report.md", text + "\n")
     print(text)
+    if args.publish:
+        image = plot(reports, out / "oracle_merge.png")
+        where = publish(args.publish, "Learned merges vs merging weights fitted on real users",
+                        text, {"settings": settings, "benchmark": args.benchmark,
+                               "seeds": {s: {k: r[k] for k in ("results", "learned_weights",
+                                                               "validation_average", "seconds",
+                                                               "stamp")}
+                                         for s, r in reports.items()}}, [image])
+        print(f"published to {where}")
 
 
 if __name__ == "__main__":

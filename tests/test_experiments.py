@@ -230,12 +230,16 @@ def test_experiment_through_the_flower_simulation(tmp_path):
     assert (out / "runs" / "text" / "seed0" / "simulation.log").is_file()
 
 
-def test_oracle_merge_on_a_finished_run(tmp_path):
+def test_oracle_merge_on_a_finished_run(tmp_path, monkeypatch, capsys):
+    import functools
+
     from common.pipeline import run_pipeline
+    from experiments import oracle_merge
     from experiments.oracle_merge import run_oracle, summary
+    from experiments.publish import publish
     from tests.runs import tiny_config
 
-    bench = tmp_path / "bench"
+    bench = tmp_path / "bench" / "seed0"
     run_pipeline(tiny_config(tmp_path, output_dir=str(bench), learned=TINY["learned"][:1]))
     report = run_oracle(bench, ["task", "tensor"], steps=5, batch_size=8, max_users=30)
     res = report["results"]
@@ -246,9 +250,28 @@ def test_oracle_merge_on_a_finished_run(tmp_path):
         weights = report["learned_weights"][f"oracle {g}-wise (real validation users)"]
         assert all(len(w) == 3 for w in weights.values()) and (groups is None or len(weights) == groups)
     assert len(report["learned_weights"]["oracle tensor-wise (real validation users)"]) > 5
-    assert "mergerec task-wise" in res and "in-domain fine-tuned" in res  # the run's rows kept
+    learned = TINY["learned"][0]["name"]
+    assert report["learned"] == [learned] and report["training_free"]
+    assert learned in res and "in-domain fine-tuned" in res  # the run's rows kept
     assert set(report["validation_average"]) == set(report["learned_weights"])
-    assert "% of in-domain); on validation, where it was fitted, 0." in summary(report)
+    text = summary(report)
+    assert "% of in-domain); on validation, where it was fitted, 0." in text
+    assert f"- {learned}: " in text  # the pseudo-user merge beside the oracle
+
+    # the command: one folder per seed, reused with the same settings, published with a plot
+    monkeypatch.setattr(oracle_merge, "publish", functools.partial(publish, root=tmp_path / "reports"))
+    argv = ["--benchmark", str(bench.parent), "--output", str(tmp_path / "oracle"), "--seeds", "0",
+            "--granularity", "task", "--steps", "3", "--batch-size", "8", "--users", "20"]
+    oracle_merge.main(argv)
+    assert "reused" not in capsys.readouterr().out
+    oracle_merge.main([*argv, "--publish", "oracle"])
+    assert "finished with these settings, reused" in capsys.readouterr().out
+    published = tmp_path / "reports" / "oracle"
+    assert {p.name for p in published.iterdir()} == {"report.md", "summary.json", "oracle_merge.png"}
+    assert "## Seed 0" in (published / "report.md").read_text()
+    assert json.loads((published / "summary.json").read_text())["seeds"]["0"]["stamp"]["commit"]
+    oracle_merge.main([*argv[:-1], "30"])  # other settings: learned again
+    assert "reused" not in capsys.readouterr().out
 
     with pytest.raises(SystemExit, match="report.json: not found"):
         run_oracle(tmp_path / "nothing", ["task"], 5, 8, 30)
@@ -260,7 +283,6 @@ def test_oracle_merge_on_a_finished_run(tmp_path):
     (bench / "received" / "pantry.safetensors").unlink()
     with pytest.raises(SystemExit, match="no weights for silo pantry"):
         run_oracle(bench, ["task"], 5, 8, 30)
-
 
 
 def test_benchmark_targets_count_the_time_of_reused_trainings():
