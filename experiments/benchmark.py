@@ -215,7 +215,7 @@ def plot(reports: dict[int, dict], path: Path) -> Path:
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(methods))], methods)
     ax.invert_yaxis()
     ax.set_xlabel("average Recall@10 over the domains (test)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0))  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
