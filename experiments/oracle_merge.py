@@ -18,6 +18,7 @@ when the settings match) and the combined ``<output>/report.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import replace
@@ -134,15 +135,19 @@ def summary(report: dict) -> str:
 
 
 def oracle_seed(bench: Path, out: Path, settings: dict, made_by: dict[str, str]) -> dict:
-    """:func:`run_oracle` on one benchmark seed into ``out`` (a finished report with the same
-    benchmark and settings is reused)."""
+    """:func:`run_oracle` on one benchmark seed into ``out`` (a finished report on the same
+    benchmark run, by the digest of its report, with the same settings is reused)."""
+    source = bench / "report.json"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
     done = out / "report.json"
     if done.is_file():
         report = json.loads(done.read_text())
-        if report.get("benchmark") == str(bench) and report.get("settings") == settings:
+        if (report.get("benchmark") == str(bench) and report.get("settings") == settings
+                and report.get("benchmark_digest") == digest):
             print(f"{out}: finished with these settings, reused", flush=True)
             return report
-    report = {**run_oracle(bench, **settings), "settings": settings, "stamp": made_by}
+    report = {**run_oracle(bench, **settings), "settings": settings, "stamp": made_by,
+              "benchmark_digest": digest}
     write_report(report, out, summary(report))
     return report
 

@@ -272,10 +272,14 @@ def test_oracle_merge_on_a_finished_run(tmp_path, monkeypatch, capsys):
     assert json.loads((published / "summary.json").read_text())["seeds"]["0"]["stamp"]["commit"]
     oracle_merge.main([*argv[:-1], "30"])  # other settings: learned again
     assert "reused" not in capsys.readouterr().out
+    saved = (bench / "report.json").read_text()
+    (bench / "report.json").write_text(saved + " ")  # the benchmark ran again: so does the oracle
+    oracle_merge.main([*argv[:-1], "30"])
+    assert "reused" not in capsys.readouterr().out
+    (bench / "report.json").write_text(saved)
 
     with pytest.raises(SystemExit, match="report.json: not found"):
         run_oracle(tmp_path / "nothing", ["task"], 5, 8, 30)
-    saved = (bench / "report.json").read_text()
     (bench / "report.json").write_text(json.dumps({**json.loads(saved), "base_hash": "0" * 64}))
     with pytest.raises(SystemExit, match="θ₀ of this code differs"):
         run_oracle(bench, ["task"], 5, 8, 30)
