@@ -222,11 +222,15 @@ def plot(reports: dict[int, dict], path: Path) -> Path:
     return path
 
 
+def runs_made_by(reports: dict[int, dict]) -> str:
+    """Which code produced each seed's run, and when (from the runs' stamps)."""
+    return ", ".join(f"seed {s}: `{r.get('stamp', {}).get('commit', '?')}` on "
+                     f"{r.get('stamp', {}).get('date', '?')}" for s, r in sorted(reports.items()))
+
+
 def combined_markdown(config: str, reports: dict[int, dict]) -> str:
-    made_by = ", ".join(f"seed {s}: `{r.get('stamp', {}).get('commit', '?')}` on "
-                        f"{r.get('stamp', {}).get('date', '?')}" for s, r in sorted(reports.items()))
     parts = [f"Config: `{config}`; seeds {', '.join(map(str, sorted(reports)))}; runs produced by "
-             f"{made_by}."]
+             f"{runs_made_by(reports)}."]
     if len(reports) > 1:
         mean = mean_report(list(reports.values()))
         parts += ["## Mean over seeds", markdown_table(mean)]

@@ -40,7 +40,7 @@ from common.model import TextSeqRec, model_from_state, state_hash
 from common.pipeline import PipelineConfig, local_silos
 from common.io import atomic_write_text
 from common.report import markdown_table, write_report
-from experiments.benchmark import learned_merges, plot, training_free
+from experiments.benchmark import learned_merges, plot, runs_made_by, training_free
 from experiments.publish import publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,11 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     out, loaded = Path(args.output), stamp()  # the code this process imported
     reports = {seed: oracle_seed(Path(args.benchmark) / f"seed{seed}", out / f"seed{seed}",
                                  settings, loaded) for seed in args.seeds}
-    made_by = ", ".join(f"seed {s}: `{r['stamp']['commit']}` on {r['stamp']['date']}"
-                        for s, r in reports.items())
-    head = (f"Benchmark: `{args.benchmark}`; {len(reports)} seed(s); {made_by}. Merging weights "
-            f"fitted on {args.users} real validation users per domain, {args.steps} steps of "
-            f"{args.batch_size}; metrics on the test split.")
+    head = (f"Benchmark: `{args.benchmark}`; {len(reports)} seed(s); {runs_made_by(reports)}. "
+            f"Merging weights fitted on {args.users} real validation users per domain, "
+            f"{args.steps} steps of {args.batch_size}; metrics on the test split.")
     text = "\n\n".join([head,
                          *(f"## Seed {s}\n\n{summary(r)}" for s, r in reports.items())])
     atomic_write_text(out / "report.md", text + "\n")
