@@ -109,19 +109,20 @@ def targets(report: dict) -> list[dict]:
 
 def training_table(report: dict) -> str:
     """Fine-tuning per silo (and joint training, and the ID baseline): the settings it changed
-    from the run's, epochs run, best epoch and its validation NDCG@10, seconds."""
+    from the run's, epochs run, best epoch, the kept weight interpolation α (1: the trained
+    weights), validation NDCG@10, seconds."""
     run = report["config"]["train"]
     lines = [f"run's settings: {run['batch_size']} users per step, {run['epochs']} epochs, "
              f"lr {run['lr']:g}", "",
-             "| model | own settings | epochs run | best epoch | best val N@10 | seconds |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| model | own settings | epochs run | best epoch | kept α | best val N@10 | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name, t in report["training"].items():
         own = ", ".join(f"{k.removeprefix(OWN_TRAIN_METRIC)} {v:g}" for k, v in t.items()
                         if k.startswith(OWN_TRAIN_METRIC)) or "the run's"
         secs = f"{t['seconds']:.0f}" if "seconds" in t else "?"
         secs += " (reused)" if t.get("reused_checkpoint") else ""
         lines.append(f"| {name} | {own} | {t['epochs_run']:.0f} | {t['best_epoch']:.0f} | "
-                     f"{t['best_val_ndcg@10']:.4f} | {secs} |")
+                     f"{t.get('alpha', 1.0):g} | {t['best_val_ndcg@10']:.4f} | {secs} |")
     return "\n".join(lines)
 
 

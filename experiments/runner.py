@@ -303,6 +303,7 @@ def summarize(exp: ExperimentConfig, runs: dict[str, dict[int, dict]]) -> tuple[
                                 for metric in ("recall@10", "ndcg@10")) for label in labels]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += per_domain_table(runs, labels, exp.headline)
+    lines += fine_tuning_table(runs, labels)
     lines += ["", sampling_error(runs, labels, exp.headline)]
     stamps = {label: json.dumps(p, default=str) for label, p in protocols.items()}
     if len(set(stamps.values())) == 1:
@@ -327,6 +328,24 @@ def per_domain_table(runs: dict[str, dict[int, dict]], labels: list[str], headli
             cells = [mean_std([r["results"][m][d]["recall@10"] for r in runs[label].values()
                                if d in r["results"].get(m, {})]) for d in domains]
             lines.append(f"| {label} | {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def fine_tuning_table(runs: dict[str, dict[int, dict]], labels: list[str]) -> list[str]:
+    """Each silo's fine-tuning per setting, one entry per seed: the best epoch and the kept
+    weight interpolation α (1: the trained weights, ``train.interpolation_grid``)."""
+    silos = list(dict.fromkeys(s for rep in runs.values() for r in rep.values()
+                               for s in r.get("training", {})))
+    if not silos:
+        return []
+    lines = ["", "## Fine-tuning per silo: best epoch, kept α (one entry per seed)", "",
+             "| setting | " + " | ".join(silos) + " |", "|---|" + "---:|" * len(silos)]
+    for label in labels:
+        cells = [", ".join(f"{t['best_epoch']:.0f}, α {t.get('alpha', 1.0):g}"
+                           for t in (r["training"][s] for r in runs[label].values()
+                                     if s in r.get("training", {})) if "best_epoch" in t) or "—"
+                 for s in silos]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -155,6 +155,19 @@ def test_dp_is_the_silos_own(tmp_path):
             plain.dp == DPConfig(epsilon=8.0, clip_norm=10.0) and own.dp == DPConfig(epsilon=1.0))
 
 
+@pytest.mark.parametrize("asked,own", [
+    (TrainConfig(epochs=1, interpolation_grid=10**6), {}),  # a million validation passes
+    (TrainConfig(epochs=1, interpolation_grid=-3), {}),
+    (TrainConfig(epochs=1, interpolation_grid=4), {"dp": {"epsilon": 8.0}}),  # α chosen after DP
+])
+def test_coordinator_asked_interpolation_is_bounded_by_the_silo(tmp_path, domain, asked, own):
+    silo = Silo(SiloConfig("beauty", str(tmp_path), train=own), lambda: domain)
+    with pytest.raises(QueryRefused, match="interpolation_grid"):
+        silo.handle(TRAIN, encode_train_request(TrainRequest(BASE, RUN, asked)), "r")
+    handled("a coordinator-chosen weight interpolation grid",
+            not list(tmp_path.rglob("*.safetensors")))
+
+
 def test_eval_only_silos_follow_the_same_policy(tmp_path, domain):
     silo = Silo(SiloConfig("toys", str(tmp_path), eval_only=True,
                            policy=SiloPolicy(budget=Budget(eval_calls=1))), lambda: domain)

@@ -2,6 +2,7 @@
 DP and membership inference, mean ± std tables, plots, resume and re-report."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ def test_sharing_unseen_and_method_experiments_end_to_end(tmp_path):
                    "learned": [{**task, "pseudo_users": {"sample": "centroid", "num": 30}}],
                    "federation": {"query_budget": 30}}},
                {"label": "unseen pantry", "set": {"federation": {"eval_only": ["pantry"]}}},
+               {"label": "interpolated", "set": {"learned": [], "train": {"interpolation_grid": 2}}},
                {"label": "rec loss only", "set": {"learned": [
                    {**task, "name": "rec only", "distill": {**task["distill"], "loss": {
                        "rec_weight": 1.0, "kd_weight": 0.0}}}]}}]}
@@ -81,6 +83,11 @@ def test_sharing_unseen_and_method_experiments_end_to_end(tmp_path):
     unseen = report.split("evaluation-only (unseen) domains")[1]
     assert "| mergerec task-wise | — / — | — / — | — / — | — / — | 0." in unseen
     assert "| rec only |" in report
+    # the silos of the interpolated setting trained again and report the α each one kept
+    tuned = report.split("## Fine-tuning per silo")[1]
+    row = next(line for line in tuned.splitlines() if line.startswith("| interpolated |"))
+    assert row.count("α ") == 3  # three silos, one seed
+    assert all(a in ("0.5", "1") for a in re.findall(r"α ([0-9.]+)", row))
     # another experiment can work in this one's silo folder (silo_dir, relative to its file)
     other = {"name": "tiny-reuse", "base": "base.yaml", "seeds": [0], "silo_dir": "results/silos",
              "settings": [{"label": "again", "set": {"learned": []}}]}
@@ -199,16 +206,16 @@ def test_benchmark_report_shows_each_silos_own_training():
               "training": {
                   "Beauty": {"best_epoch": 3.0, "best_val_ndcg@10": 0.03391, "epochs_run": 3.0,
                              "seconds": 340.2, "reused_checkpoint": 0.0, "train.batch_size": 32.0,
-                             "train.epochs": 3.0},
+                             "train.epochs": 3.0, "alpha": 0.75},
                   "Pantry": {"best_epoch": 4.0, "best_val_ndcg@10": 0.0685, "epochs_run": 4.0,
                              "seconds": 95.0, "reused_checkpoint": 1.0},
                   "Sports": {"best_epoch": 1.0, "best_val_ndcg@10": 0.02, "epochs_run": 2.0,
                              "reused_checkpoint": 1.0}}}
     lines = training_table(report).splitlines()
     assert lines[0] == "run's settings: 256 users per step, 4 epochs, lr 0.003"
-    assert lines[-3:] == ["| Beauty | batch_size 32, epochs 3 | 3 | 3 | 0.0339 | 340 |",
-                          "| Pantry | the run's | 4 | 4 | 0.0685 | 95 (reused) |",
-                          "| Sports | the run's | 2 | 1 | 0.0200 | ? (reused) |"]
+    assert lines[-3:] == ["| Beauty | batch_size 32, epochs 3 | 3 | 3 | 0.75 | 0.0339 | 340 |",
+                          "| Pantry | the run's | 4 | 4 | 1 | 0.0685 | 95 (reused) |",
+                          "| Sports | the run's | 2 | 1 | 1 | 0.0200 | ? (reused) |"]
 
 
 @pytest.mark.slow

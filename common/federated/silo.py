@@ -37,6 +37,7 @@ from ..io import atomic_write_text
 from ..model import TextSeqRec, model_from_state, state_hash
 from ..model.recommender import ItemInputs
 from ..backbone import item_inputs
+from ..settings.training import check_interpolation
 from ..training import TrainConfig, checkpoint_path, fine_tune_cached
 from .budget import Budget, BudgetExceeded, BudgetLedger
 from .protocol import (CATALOGUE_FORMS, EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused,
@@ -216,6 +217,10 @@ class Silo:
         feats = self.features(req.run)
         ckpt_dir = self.work / "checkpoints"
         train_cfg = self.cfg.train_config(req.train)
+        try:
+            check_interpolation(train_cfg, f"silo {self.cfg.name}: train")
+        except ValueError as exc:
+            raise QueryRefused(str(exc)) from None
         state, stats = fine_tune_cached(req.base, req.run.model, [self.domain], [feats], train_cfg,
                                         ckpt_dir)
         path = checkpoint_path(ckpt_dir, req.base, req.run.model, train_cfg, [self.domain])

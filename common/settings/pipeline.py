@@ -10,7 +10,7 @@ from .federation import (CoordinatorConfig, FederationConfig, LearnedMergeSpec, 
                          default_merges)
 from .merging import MergeConfig
 from .model import ModelConfig, SASRecConfig
-from .training import EvalConfig, TrainConfig
+from .training import EvalConfig, TrainConfig, check_interpolation
 
 
 @dataclass
@@ -63,3 +63,4 @@ class PipelineConfig:
         if self.model.user == "history_text" and train.dp is not None and train.dp.epsilon is not None:
             raise ValueError(f"{where}.dp: DP-SGD clips per-user gradients of the sequence "
                              "tower; it does not run with model.user = history_text")
+        check_interpolation(train, where)

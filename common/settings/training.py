@@ -39,6 +39,9 @@ class TrainConfig:
     ``last`` (each user's last position), ``targets`` (every position) or ``catalogue`` (the
     loss itself re-encodes every item at every step: exact, costly); the item table is
     re-encoded without gradient every ``text_refresh_steps`` steps.
+    ``interpolation_grid`` = n > 0: after training, the silo validates θ₀ + α·(θ − θ₀) for
+    α = 1/n, 2/n, …, 1 and keeps the best (weight-space ensembling, WiSE-FT, Wortsman et al.
+    2022); 0: off. Chosen on the silo's own validation split, like the best epoch.
     """
 
     epochs: int = 30
@@ -52,6 +55,7 @@ class TrainConfig:
     warmup_steps: int = 50
     patience: int = 3
     val_max_users: int | None = None
+    interpolation_grid: int = 0
     bf16: bool = True
     seed: int = 0
     dp: DPConfig | None = None
@@ -66,3 +70,16 @@ class EvalConfig:
     mask_history: bool = False
     batch_size: int = 1024
     max_users: int | None = None
+
+
+MAX_INTERPOLATION_GRID = 20  # each point of the grid costs the silo one validation pass
+
+
+def check_interpolation(train: TrainConfig, where: str) -> None:
+    """``interpolation_grid`` is a count in [0, 20], and not combined with DP-SGD (choosing α
+    on the validation split after private training is not covered by the privacy accounting)."""
+    if not 0 <= train.interpolation_grid <= MAX_INTERPOLATION_GRID:
+        raise ValueError(f"{where}.interpolation_grid must be between 0 (off) and "
+                         f"{MAX_INTERPOLATION_GRID}, got {train.interpolation_grid}")
+    if train.interpolation_grid > 1 and train.dp is not None and train.dp.epsilon is not None:
+        raise ValueError(f"{where}.interpolation_grid: not available with DP-SGD (dp.epsilon set)")

@@ -15,6 +15,7 @@ from ..config import to_dict
 from ..data import Domain
 from ..model import ModelConfig, model_from_state, state_hash
 from ..model.recommender import ItemInputs
+from ..settings.training import check_interpolation
 from ..io import atomic_save_safetensors
 from .dp_sgd import dp_fine_tune
 from .finetune import TrainConfig, TrainResult, fine_tune
@@ -48,6 +49,7 @@ def fine_tune_cached(base: StateDict, model_cfg: ModelConfig, domains: list[Doma
     ε included, in its metadata) and reused by a rerun with the same θ₀, configs and data.
     A ``train_cfg.dp`` with an ``epsilon`` trains with user-level DP-SGD.
     """
+    check_interpolation(train_cfg, "train")
     path = None
     if checkpoint_dir is not None:
         path = checkpoint_path(checkpoint_dir, base, model_cfg, train_cfg, domains)
@@ -76,6 +78,7 @@ def keep_checkpoint(path: Path | None, result: TrainResult) -> tuple[StateDict, 
     stats."""
     stats = {"best_epoch": float(result.best_epoch), "best_val_ndcg@10": result.best_val_ndcg10,
              "epochs_run": float(len(result.history) - 1), "seconds": result.seconds,
+             "alpha": result.alpha,
              **result.privacy}
     if path is not None:
         atomic_save_safetensors(result.state_dict, path, metadata={k: repr(v) for k, v in stats.items()})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -30,6 +30,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     privacy: dict[str, float] = field(default_factory=dict)
+    alpha: float = 1.0  # the kept weights: θ₀ + alpha·(trained − θ₀)
 
 
 def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
@@ -178,9 +179,33 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
                     loss = next_item_loss(model, item_emb, batch, workspace, inputs)
                 return loss + table.encoder_loss(batch, item_emb)
 
-        return train_epochs(model, per_domain, max_len, step_loss, validate, schedule_of(cfg),
-                            device, f"fine-tune {'+'.join(d.name for d in domains)}",
-                            {"text_tower.": cfg.text_lr})
+        base = cpu_state(model)
+        result = train_epochs(model, per_domain, max_len, step_loss, validate, schedule_of(cfg),
+                              device, f"fine-tune {'+'.join(d.name for d in domains)}",
+                              {"text_tower.": cfg.text_lr})
+        return interpolate_toward_base(model, base, result, cfg.interpolation_grid, validate)
+
+
+def interpolate_toward_base(model: torch.nn.Module, base: dict[str, torch.Tensor],
+                            result: TrainResult, grid: int,
+                            validate: Callable[[], float]) -> TrainResult:
+    """WiSE-FT: validate ``base + α·(trained − base)`` for α = 1/grid, …, (grid−1)/grid and
+    keep the best of those and the trained weights (α = 1); ``grid`` ≤ 1: the result as is.
+    The model ends with the kept weights; the time spent is added to the result's."""
+    if grid <= 1:
+        return result
+    start = time.perf_counter()
+    trained, best = result.state_dict, result
+    for step in range(1, grid):
+        alpha = step / grid
+        state = {k: base[k] + alpha * (v - base[k]) if v.is_floating_point() else v
+                 for k, v in trained.items()}
+        model.load_state_dict(state)
+        val = validate()
+        if val > best.best_val_ndcg10:
+            best = replace(result, state_dict=state, best_val_ndcg10=val, alpha=alpha)
+    model.load_state_dict(best.state_dict)
+    return replace(best, seconds=result.seconds + time.perf_counter() - start)
 
 
 def param_groups(model: torch.nn.Module, lr: float, lr_of: dict[str, float]) -> list[dict]:
