@@ -341,7 +341,7 @@ def fine_tuning_table(runs: dict[str, dict[int, dict]], labels: list[str]) -> li
     lines = ["", "## Fine-tuning per silo: best epoch, kept α (one entry per seed)", "",
              "| setting | " + " | ".join(silos) + " |", "|---|" + "---:|" * len(silos)]
     for label in labels:
-        cells = [", ".join(f"{t['best_epoch']:.0f}, α {t.get('alpha', 1.0):g}"
+        cells = ["; ".join(f"epoch {t['best_epoch']:.0f}, α {t.get('alpha', 1.0):g}"
                            for t in (r["training"][s] for r in runs[label].values()
                                      if s in r.get("training", {})) if "best_epoch" in t) or "—"
                  for s in silos]
