@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import os
 import sys
@@ -59,29 +57,6 @@ def reproducible(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False  # no cost on torch.empty
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-
-
-@functools.cache
-def tune_allocator() -> bool:
-    """Let glibc's malloc serve blocks up to 32 MB from its heap and keep freed memory for
-    reuse instead of returning it to the system (once per process; elsewhere a no-op).
-
-    A training step allocates and frees item-table-sized tensors ([items × 384] fp32: 28 MB
-    on Sports) many times; by default each comes fresh from the kernel and every page is
-    faulted in again (measured: about 20,000 page faults per Sports step; with this, about
-    1,700, and steps 13 % faster). The process keeps its peak memory instead of shrinking
-    after it. Returns whether the settings took effect."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def compute_device() -> torch.device:

@@ -1,8 +1,3 @@
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,36 +175,3 @@ def test_training_loss_runs_under_bf16_autocast():
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert model.history_weight.grad is not None and model.history_weight.grad.abs() > 0
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
-def test_tuned_allocator_reuses_freed_item_tables():
-    """After :func:`~common.runtime.tune_allocator`, allocating and freeing a 28 MB tensor
-    again and again reuses the freed pages instead of faulting fresh ones in each time (by
-    default glibc hands most of them back and faults them in again). Run in a child process:
-    the setting is process-wide."""
-    probe = textwrap.dedent("""
-        import resource, sys, torch
-        from common.runtime import tune_allocator
-        tuned = sys.argv[1] == "1" and tune_allocator()
-        def step():  # a training step's pattern: tables of a few sizes, freed out of order
-            a = torch.ones(18357, 384); b = torch.ones(448, 18357); c = a * 2.0
-            del a
-            d = torch.ones(18357, 64) @ torch.ones(64, 384)
-            return float(c.sum() + d.sum() + b.sum())
-        for _ in range(5):  # warm-up: the heap grows to its working size
-            step()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(50):
-            step()
-        print(int(tuned), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    """)
-    root = Path(__file__).resolve().parents[1]
-    faults = {}
-    for flag in ("0", "1"):
-        out = subprocess.run([sys.executable, "-c", probe, flag], capture_output=True, text=True,
-                             check=True, cwd=root).stdout.split()
-        assert out[0] == flag, out  # the setting takes effect only where it is asked for
-        faults[flag] = int(out[1])
-    pages = 18357 * 384 * 4 // 4096  # one item table's pages
-    assert faults["1"] <= 3 * pages and faults["0"] > 3 * faults["1"], faults

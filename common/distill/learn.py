@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..merging.learned import LearnedMerge
 from ..merging.methods import MergeInit, StateDict
 from ..model.recommender import ItemInputs, TextSeqRec, history_multi_hot, pad_sequences
-from ..runtime import compute_device, reproducible, show_progress, tune_allocator
+from ..runtime import compute_device, reproducible, show_progress
 from ..settings import DistillConfig
 from .losses import merge_loss
 from .teacher import TeacherSignal
@@ -64,7 +64,6 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
         if d.teacher is not None:
             d.teacher.validate(len(d.sequences))
     reproducible(cfg.seed)
-    tune_allocator()
     gen = torch.Generator().manual_seed(cfg.seed)
     device = compute_device()
     merge = LearnedMerge(base, init, cfg.granularity, model.layer_groups(), device)

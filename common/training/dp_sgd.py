@@ -26,7 +26,7 @@ from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec
 from .accountant import calibrate_noise, dp_epsilon
-from ..runtime import on_device, reproducible, show_progress, tune_allocator
+from ..runtime import on_device, reproducible, show_progress
 from .batching import TrainBatch, make_batch, training_sequences
 from .finetune import TrainConfig, TrainResult, cpu_state, user_losses
 
@@ -91,7 +91,6 @@ def dp_fine_tune(model: TextSeqRec, domain: Domain, features: ItemInputs, cfg: T
     sigma = dp.noise_multiplier if dp.noise_multiplier is not None else \
         calibrate_noise(dp.epsilon, q, steps, delta)
     reproducible(cfg.seed)
-    tune_allocator()
     gen = torch.Generator().manual_seed(cfg.seed)  # sampling and noise: same on every device
     try:
         with on_device(model) as device:

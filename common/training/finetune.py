@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
-from ..runtime import autocast_bf16, on_device, reproducible, show_progress, tune_allocator
+from ..runtime import autocast_bf16, on_device, reproducible, show_progress
 from ..settings import TrainConfig
 from .batching import TrainBatch, bucketed_batches, training_sequences
 from .item_table import ItemTable
@@ -114,7 +114,6 @@ def train_epochs(model: torch.nn.Module, per_domain: list[list[list[int]]], max_
     ``lr_of`` gives the parameters under a name prefix their own learning rate."""
     cfg = sched_cfg
     reproducible(cfg.seed)
-    tune_allocator()
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, lr_of or {}), lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
