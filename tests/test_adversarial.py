@@ -164,7 +164,7 @@ def test_coordinator_asked_interpolation_is_bounded_by_the_silo(tmp_path, domain
     silo = Silo(SiloConfig("beauty", str(tmp_path), train=own), lambda: domain)
     with pytest.raises(QueryRefused, match="interpolation_grid"):
         silo.handle(TRAIN, encode_train_request(TrainRequest(BASE, RUN, asked)), "r")
-    handled("a coordinator-chosen weight interpolation grid",
+    handled("a coordinator-chosen weight interpolation grid",  # refused before any work
             not list(tmp_path.rglob("*.safetensors")))
 
 

@@ -214,13 +214,13 @@ class Silo:
         if req.catalogue == "vectors" and req.run.model.text_layers:
             raise QueryRefused("catalogue 'vectors' needs frozen item vectors "
                                "(the run trains text encoder layers)")
-        feats = self.features(req.run)
-        ckpt_dir = self.work / "checkpoints"
         train_cfg = self.cfg.train_config(req.train)
         try:
             check_interpolation(train_cfg, f"silo {self.cfg.name}: train")
         except ValueError as exc:
             raise QueryRefused(str(exc)) from None
+        feats = self.features(req.run)
+        ckpt_dir = self.work / "checkpoints"
         state, stats = fine_tune_cached(req.base, req.run.model, [self.domain], [feats], train_cfg,
                                         ckpt_dir)
         path = checkpoint_path(ckpt_dir, req.base, req.run.model, train_cfg, [self.domain])
