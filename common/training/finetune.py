@@ -179,7 +179,7 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
                     loss = next_item_loss(model, item_emb, batch, workspace, inputs)
                 return loss + table.encoder_loss(batch, item_emb)
 
-        base = cpu_state(model)
+        base = cpu_state(model) if cfg.interpolation_grid > 1 else {}  # θ₀, only when used
         result = train_epochs(model, per_domain, max_len, step_loss, validate, schedule_of(cfg),
                               device, f"fine-tune {'+'.join(d.name for d in domains)}",
                               {"text_tower.": cfg.text_lr})
