@@ -77,11 +77,16 @@ def compute_device() -> torch.device:
     return device
 
 
+def bf16_enabled(device: torch.device, requested: bool) -> bool:
+    """Whether :func:`autocast_bf16` turns bf16 on: where requested and it pays off (CPU: only
+    with native bf16 support; CUDA: kept off so that GPU and CPU runs share fp32 numerics)."""
+    return device.type == "cpu" and use_bf16(requested)
+
+
 def autocast_bf16(device: torch.device, requested: bool) -> torch.autocast:
-    """bf16 autocast on ``device`` where requested and it pays off (CPU: only with native
-    bf16 support; CUDA: kept off so that GPU and CPU runs share fp32 numerics)."""
-    enabled = device.type == "cpu" and use_bf16(requested)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 autocast on ``device`` where :func:`bf16_enabled`."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=bf16_enabled(device, requested))
 
 
 @contextlib.contextmanager

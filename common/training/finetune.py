@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain
 from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
-from ..runtime import autocast_bf16, on_device, reproducible, show_progress
+from ..runtime import autocast_bf16, bf16_enabled, on_device, reproducible, show_progress
 from ..settings import TrainConfig
 from .batching import TrainBatch, bucketed_batches, training_sequences
+from .fused_items import Buffers, fused_item_side
 from .item_table import ItemTable
 from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy, unit_normalize
 
@@ -41,10 +42,33 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
     items' inputs (:meth:`~common.model.TextSeqRec.sequence_states`)."""
     states = model.sequence_states(item_emb, batch.seqs, batch.lengths,
                                    batch.mask.nonzero(as_tuple=True), inputs)
-    history = position_history_index(batch.seqs, batch.mask, len(item_emb))
-    return cosine_softmax_cross_entropy(
-        unit_normalize(states), unit_normalize(item_emb), model.history_bias(item_emb),
-        history, batch.targets[batch.mask], 1.0 / model.cfg.temperature, workspace)
+    return _softmax_over_items(model, states, unit_normalize(item_emb),
+                               model.history_bias(item_emb), batch, workspace)
+
+
+def fused_next_item_loss(model: TextSeqRec, text: torch.Tensor, batch: TrainBatch,
+                         workspace: LogitsWorkspace, buffers: Buffers) -> torch.Tensor:
+    """:func:`next_item_loss` for frozen text vectors ``text`` and the sequence tower, with the
+    catalogue side fused (:func:`~common.training.fused_items.fused_item_side`): the history's
+    item vectors come from the adapter over the history's own rows, so no gradient flows back
+    through a catalogue-sized array but the softmax's. Equal up to rounding (tested)."""
+    assert model.seq_tower is not None and model.text_tower is None
+    states = model.seq_tower(model.item_tower(text[batch.seqs]), batch.lengths,
+                             batch.mask.nonzero(as_tuple=True))
+    items, beta = fused_item_side(model, text, buffers)
+    return _softmax_over_items(model, states, items, beta, batch, workspace,
+                               buffers.get("items_grad", *items.shape, items.device))
+
+
+def _softmax_over_items(model: TextSeqRec, states: torch.Tensor, items: torch.Tensor,
+                        beta: torch.Tensor, batch: TrainBatch, workspace: LogitsWorkspace | None,
+                        grad_items_out: torch.Tensor | None = None) -> torch.Tensor:
+    """The fused full-softmax cross-entropy of the batch's real positions, given the user
+    states and the unit-norm item vectors with their history bonus β."""
+    history = position_history_index(batch.seqs, batch.mask, len(items))
+    return cosine_softmax_cross_entropy(unit_normalize(states), items, beta, history,
+                                        batch.targets[batch.mask], 1.0 / model.cfg.temperature,
+                                        workspace, grad_items_out)
 
 
 def in_batch_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
@@ -162,8 +186,10 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
     with on_device(model) as device:
         val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
         feats = [f.float().to(device) for f in features]
-        workspace = LogitsWorkspace()
+        workspace, buffers = LogitsWorkspace(), Buffers()
         table = ItemTable(model, feats, cfg.text_rows, cfg.text_refresh_steps, in_batch_loss)
+        fused = (cfg.loss == "full_softmax" and not bf16_enabled(device, cfg.bf16)
+                 and model.text_tower is None and model.seq_tower is not None)
 
         def validate() -> float:
             scores = [evaluate_model(model, d, f, val_cfg).metrics["ndcg@10"]
@@ -171,6 +197,8 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
             return sum(scores) / len(scores)
 
         def step_loss(batch: TrainBatch) -> torch.Tensor:
+            if fused:
+                return fused_next_item_loss(model, feats[batch.domain], batch, workspace, buffers)
             with autocast_bf16(device, cfg.bf16):
                 item_emb, inputs = table.item_emb(batch), feats[batch.domain]
                 if cfg.loss == "in_batch":

@@ -47,7 +47,8 @@ class _CosineSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, users: torch.Tensor, items: torch.Tensor, beta: torch.Tensor,  # type: ignore[override]
                 rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor, scale: float,
-                workspace: LogitsWorkspace | None) -> torch.Tensor:
+                workspace: LogitsWorkspace | None,
+                grad_items_out: torch.Tensor | None) -> torch.Tensor:
         workspace = workspace or LogitsWorkspace()
         exp = workspace.take(len(users), len(items), users.device)
         with torch.autocast(users.device.type, enabled=False):
@@ -60,6 +61,7 @@ class _CosineSoftmaxCE(torch.autograd.Function):
         total = exp.sum(1)
         ctx.save_for_backward(users, items, rows, cols, targets, total)
         ctx.exp, ctx.scale, ctx.workspace = exp, scale, workspace
+        ctx.grad_items_out = grad_items_out
         ctx.beta_items = beta.numel()
         return (total.log() + row_max - target_logit).mean()
 
@@ -81,7 +83,8 @@ class _CosineSoftmaxCE(torch.autograd.Function):
             if need_users:
                 grad_users = ((exp @ items) * inv_total[:, None] - items[targets]) * coef
             if need_items:
-                grad_items = exp.T @ (users * (inv_total * coef)[:, None])
+                grad_items = torch.mm(exp.T, users * (inv_total * coef)[:, None],
+                                      out=ctx.grad_items_out)
                 grad_items.index_add_(0, targets, users * coef, alpha=-1.0)
         if need_beta:  # d loss / d β_i = Σ over history pairs of item i of (p - hit)
             per_pair = exp[rows, cols] * inv_total[rows] - (cols == targets[rows]).float()
@@ -91,7 +94,7 @@ class _CosineSoftmaxCE(torch.autograd.Function):
                 grad_beta = torch.zeros(ctx.beta_items, device=exp.device).index_add_(
                     0, cols, per_pair) * coef
         workspace.give(exp)
-        return grad_users, grad_items, grad_beta, None, None, None, None, None
+        return grad_users, grad_items, grad_beta, None, None, None, None, None, None
 
 
 class _UnitNormalize(torch.autograd.Function):
@@ -120,14 +123,17 @@ def unit_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 def cosine_softmax_cross_entropy(users: torch.Tensor, items: torch.Tensor, beta: torch.Tensor,
                                  history: tuple[torch.Tensor, torch.Tensor],
                                  targets: torch.Tensor, scale: float,
-                                 workspace: LogitsWorkspace | None = None) -> torch.Tensor:
+                                 workspace: LogitsWorkspace | None = None,
+                                 grad_items_out: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``scale · (cos(users, items) + β·history)`` against ``targets``.
 
     ``users`` [P, D] and ``items`` [N, D] are unit-normalised by the caller, ``beta`` has one
     element or one per item, ``history`` holds distinct (row, item) pairs. Computed in fp32; equal to
     ``F.cross_entropy`` over the dense logits up to rounding (tested), faster and leaner.
-    A ``workspace`` recycles the [P, N] buffer from one step to the next.
+    A ``workspace`` recycles the [P, N] buffer from one step to the next; the items' gradient
+    is written to ``grad_items_out`` [N, D] when given (the caller's buffer: it must outlive
+    the backward pass and serve no other loss of it).
     """
     rows, cols = history
     return _CosineSoftmaxCE.apply(users.float(), items.float(), beta.float().reshape(-1),
-                                  rows, cols, targets, float(scale), workspace)
+                                  rows, cols, targets, float(scale), workspace, grad_items_out)
