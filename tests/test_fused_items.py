@@ -12,24 +12,12 @@ from common.training.batching import make_batch
 from common.training.finetune import fine_tune, fused_next_item_loss, next_item_loss
 from common.training.fused_items import Buffers
 from common.training.softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy
-
-
-def _trained_looking_model(repeat_head: bool) -> torch.nn.Module:
-    """θ₀ moved off its zero gates, so every branch and the repeat head carry gradient."""
-    torch.manual_seed(0)
-    model = build_base_model(ModelConfig(text_dim=16, hidden=8, max_len=8,
-                                         repeat_head=repeat_head), seed=1)
-    with torch.no_grad():
-        model.history_weight.fill_(-0.3)
-        model.item_tower.gate.fill_(0.5)
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()  # no dropout: both paths see the same states
+from tests.test_softmax_loss import gated_model
 
 
 @pytest.mark.parametrize("repeat_head", [False, True])
 def test_fused_loss_and_gradients_equal_the_autograd_path(repeat_head):
-    model = _trained_looking_model(repeat_head)
+    model = gated_model(repeat_head)
     feats = torch.randn(12, 16)
     batch = make_batch(0, [[1, 2, 3, 2, 7], [4, 5], [9, 9, 1]], 8)
     params = list(model.parameters())

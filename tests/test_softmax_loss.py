@@ -88,23 +88,29 @@ def test_unit_normalize_matches_f_normalize():
     assert torch.equal(unit_normalize(zero), F.normalize(zero, dim=-1))
 
 
-@pytest.mark.parametrize("repeat_head", [False, True])
-def test_next_item_loss_equals_dense_full_softmax(repeat_head):
-    """The training loss, fused, is the cross-entropy over the model's own logits (one β, or
-    one per item from the repeat head)."""
-    from common.model.recommender import position_history_index
-
+def gated_model(repeat_head: bool) -> torch.nn.Module:
+    """θ₀ moved off its zero gates (every branch and the repeat head carry gradient), in eval
+    mode (no dropout: two losses over it see the same states)."""
     torch.manual_seed(0)
     model = build_base_model(ModelConfig(text_dim=16, hidden=8, max_len=8,
                                          repeat_head=repeat_head), seed=1)
     with torch.no_grad():
         model.history_weight.fill_(-0.3)
         model.item_tower.gate.fill_(0.5)
-        if repeat_head:
-            model.repeat_head.weight.normal_()
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("repeat_head", [False, True])
+def test_next_item_loss_equals_dense_full_softmax(repeat_head):
+    """The training loss, fused, is the cross-entropy over the model's own logits (one β, or
+    one per item from the repeat head)."""
+    from common.model.recommender import position_history_index
+
+    model = gated_model(repeat_head)
     feats = torch.randn(12, 16)
     batch = make_batch(0, [[1, 2, 3, 2, 7], [4, 5], [9, 9, 1]], 8)
-    model.eval()  # no dropout: both losses see the same states
     fused = next_item_loss(model, model.encode_items(feats), batch)
     fused_grads = torch.autograd.grad(fused, list(model.parameters()), allow_unused=True)
     item_emb = model.encode_items(feats)
