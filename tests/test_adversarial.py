@@ -168,6 +168,20 @@ def test_coordinator_asked_interpolation_is_bounded_by_the_silo(tmp_path, domain
             not list(tmp_path.rglob("*.safetensors")))
 
 
+@pytest.mark.parametrize("asked,own,problem", [
+    (TrainConfig(epochs=1, loss="sampled_softmax", negatives=0), {}, "negatives"),
+    (TrainConfig(epochs=1, loss="sampled_softmax", negatives=-5), {}, "negatives"),
+    (TrainConfig(epochs=1, loss="sampled_softmax"), {"dp": {"epsilon": 8.0}}, "DP-SGD"),
+])
+def test_coordinator_asked_sampled_softmax_is_checked_by_the_silo(tmp_path, domain, asked, own,
+                                                                   problem):
+    silo = Silo(SiloConfig("beauty", str(tmp_path), train=own), lambda: domain)
+    with pytest.raises(QueryRefused, match=problem):
+        silo.handle(TRAIN, encode_train_request(TrainRequest(BASE, RUN, asked)), "r")
+    handled("a coordinator-chosen sampled softmax the silo cannot run",  # before any work
+            not list(tmp_path.rglob("*.safetensors")))
+
+
 def test_eval_only_silos_follow_the_same_policy(tmp_path, domain):
     silo = Silo(SiloConfig("toys", str(tmp_path), eval_only=True,
                            policy=SiloPolicy(budget=Budget(eval_calls=1))), lambda: domain)

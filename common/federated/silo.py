@@ -37,7 +37,7 @@ from ..io import atomic_write_text
 from ..model import TextSeqRec, model_from_state, state_hash
 from ..model.recommender import ItemInputs
 from ..backbone import item_inputs
-from ..settings.training import check_interpolation
+from ..settings.training import check_interpolation, check_loss
 from ..training import TrainConfig, checkpoint_path, fine_tune_cached
 from .budget import Budget, BudgetExceeded, BudgetLedger
 from .protocol import (CATALOGUE_FORMS, EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused,
@@ -217,6 +217,7 @@ class Silo:
         train_cfg = self.cfg.train_config(req.train)
         try:
             check_interpolation(train_cfg, f"silo {self.cfg.name}: train")
+            check_loss(train_cfg, req.run.model, f"silo {self.cfg.name}: train")
         except ValueError as exc:
             raise QueryRefused(str(exc)) from None
         feats = self.features(req.run)

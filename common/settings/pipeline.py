@@ -10,7 +10,7 @@ from .federation import (CoordinatorConfig, FederationConfig, LearnedMergeSpec, 
                          default_merges)
 from .merging import MergeConfig
 from .model import ModelConfig, SASRecConfig
-from .training import EvalConfig, TrainConfig, check_interpolation
+from .training import EvalConfig, TrainConfig, check_interpolation, check_loss
 
 
 @dataclass
@@ -64,3 +64,4 @@ class PipelineConfig:
             raise ValueError(f"{where}.dp: DP-SGD clips per-user gradients of the sequence "
                              "tower; it does not run with model.user = history_text")
         check_interpolation(train, where)
+        check_loss(train, self.model, where)

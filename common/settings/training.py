@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .data import Split
+from .model import ModelConfig
 
 
 @dataclass
@@ -32,8 +33,11 @@ class TrainConfig:
     """Fine-tuning hyper-parameters; ``dp`` with an ``epsilon`` switches to user-level DP-SGD
     (:func:`common.training.dp_sgd.dp_fine_tune`).
 
-    ``loss``: ``full_softmax`` over the whole catalogue at every position, or ``in_batch``
-    (the paper's: a softmax over the batch's distinct target items only).
+    ``loss``: ``full_softmax`` over the whole catalogue at every position, ``sampled_softmax``
+    (over ``negatives`` items drawn uniformly for each step, plus the batch's targets and
+    history items: a step costs a fraction of the full softmax on a large catalogue; frozen
+    text vectors and the sequence tower only, fp32), or ``in_batch`` (the paper's: a softmax
+    over the batch's distinct target items only).
     With trainable text encoder layers (``model.text_layers`` > 0) they learn at ``text_lr``
     from the rows ``text_rows`` names (:class:`~common.training.item_table.ItemTable`):
     ``last`` (each user's last position), ``targets`` (every position) or ``catalogue`` (the
@@ -47,7 +51,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 256
     lr: float = 3e-3
-    loss: Literal["full_softmax", "in_batch"] = "full_softmax"
+    loss: Literal["full_softmax", "sampled_softmax", "in_batch"] = "full_softmax"
+    negatives: int = 2048
     text_lr: float = 1e-4
     text_rows: Literal["last", "targets", "catalogue"] = "last"
     text_refresh_steps: int = 100
@@ -83,3 +88,18 @@ def check_interpolation(train: TrainConfig, where: str) -> None:
                          f"{MAX_INTERPOLATION_GRID}, got {train.interpolation_grid}")
     if train.interpolation_grid > 1 and train.dp is not None and train.dp.epsilon is not None:
         raise ValueError(f"{where}.interpolation_grid: not available with DP-SGD (dp.epsilon set)")
+
+
+def check_loss(train: TrainConfig, model: ModelConfig, where: str) -> None:
+    """The sampled softmax's settings: at least one negative, frozen text vectors with the
+    sequence tower, no DP-SGD (which trains with the full softmax)."""
+    if train.loss != "sampled_softmax":
+        return
+    if train.negatives < 1:
+        raise ValueError(f"{where}.negatives must be at least 1, got {train.negatives}")
+    if model.text_layers or model.user != "sequence":
+        raise ValueError(f"{where}.loss: sampled_softmax runs over frozen text vectors with the "
+                         "sequence tower (model.text_layers: 0, model.user: sequence)")
+    if train.dp is not None and train.dp.epsilon is not None:
+        raise ValueError(f"{where}.loss: DP-SGD trains with the full softmax; sampled_softmax "
+                         "is not available with dp.epsilon")

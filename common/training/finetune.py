@@ -47,27 +47,46 @@ def next_item_loss(model: TextSeqRec, item_emb: torch.Tensor, batch: TrainBatch,
 
 
 def fused_next_item_loss(model: TextSeqRec, text: torch.Tensor, batch: TrainBatch,
-                         workspace: LogitsWorkspace, buffers: Buffers) -> torch.Tensor:
+                         workspace: LogitsWorkspace, buffers: Buffers,
+                         negatives: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`next_item_loss` for frozen text vectors ``text`` and the sequence tower, with the
     catalogue side fused (:func:`~common.training.fused_items.fused_item_side`): the history's
     item vectors come from the adapter over the history's own rows, so no gradient flows back
-    through a catalogue-sized array but the softmax's. Equal up to rounding (tested)."""
+    through a catalogue-sized array but the softmax's. Equal up to rounding (tested).
+
+    ``negatives`` (item indices drawn for this step): a sampled softmax instead, over those
+    items, the batch's targets and its history items only (the history bonus then applies
+    as in the full softmax); the catalogue side runs over those rows only."""
     assert model.seq_tower is not None and model.text_tower is None
     states = model.seq_tower(model.item_tower(text[batch.seqs]), batch.lengths,
                              batch.mask.nonzero(as_tuple=True))
+    slot = None
+    if negatives is not None:
+        candidates = torch.unique(torch.cat([negatives, batch.seqs[batch.mask],
+                                             batch.targets[batch.mask]]))
+        slot = torch.full((len(text),), -1, dtype=torch.long, device=text.device)
+        slot[candidates] = torch.arange(len(candidates), device=text.device)
+        text = text[candidates]
     items, beta = fused_item_side(model, text, buffers)
     return _softmax_over_items(model, states, items, beta, batch, workspace,
-                               buffers.get("items_grad", *items.shape, items.device))
+                               buffers.get("items_grad", *items.shape, items.device), slot)
 
 
 def _softmax_over_items(model: TextSeqRec, states: torch.Tensor, items: torch.Tensor,
                         beta: torch.Tensor, batch: TrainBatch, workspace: LogitsWorkspace | None,
-                        grad_items_out: torch.Tensor | None = None) -> torch.Tensor:
-    """The fused full-softmax cross-entropy of the batch's real positions, given the user
-    states and the unit-norm item vectors with their history bonus β."""
-    history = position_history_index(batch.seqs, batch.mask, len(items))
-    return cosine_softmax_cross_entropy(unit_normalize(states), items, beta, history,
-                                        batch.targets[batch.mask], 1.0 / model.cfg.temperature,
+                        grad_items_out: torch.Tensor | None = None,
+                        slot: torch.Tensor | None = None) -> torch.Tensor:
+    """The fused softmax cross-entropy of the batch's real positions, given the user states
+    and the unit-norm item vectors with their history bonus β; ``slot`` maps each catalogue
+    item to its row of ``items`` when those are a subset (-1: absent), else the rows are the
+    catalogue."""
+    rows, cols = position_history_index(batch.seqs, batch.mask,
+                                        len(items) if slot is None else len(slot))
+    targets = batch.targets[batch.mask]
+    if slot is not None:
+        cols, targets = slot[cols], slot[targets]
+    return cosine_softmax_cross_entropy(unit_normalize(states), items, beta, (rows, cols),
+                                        targets, 1.0 / model.cfg.temperature,
                                         workspace, grad_items_out)
 
 
@@ -181,15 +200,26 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
     """
     max_len = model.cfg.max_len
     per_domain = [training_sequences(d.train, max_len) for d in domains]
-    if cfg.loss not in ("full_softmax", "in_batch"):
-        raise ValueError(f"train.loss must be 'full_softmax' or 'in_batch', got {cfg.loss!r}")
+    if cfg.loss not in ("full_softmax", "sampled_softmax", "in_batch"):
+        raise ValueError("train.loss must be 'full_softmax', 'sampled_softmax' or 'in_batch', "
+                         f"got {cfg.loss!r}")
     with on_device(model) as device:
         val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
         feats = [f.float().to(device) for f in features]
         workspace, buffers = LogitsWorkspace(), Buffers()
         table = ItemTable(model, feats, cfg.text_rows, cfg.text_refresh_steps, in_batch_loss)
-        fused = (cfg.loss == "full_softmax" and not bf16_enabled(device, cfg.bf16)
-                 and model.text_tower is None and model.seq_tower is not None)
+        fused = model.text_tower is None and model.seq_tower is not None and (
+            cfg.loss == "sampled_softmax"
+            or (cfg.loss == "full_softmax" and not bf16_enabled(device, cfg.bf16)))
+        if cfg.loss == "sampled_softmax" and not fused:
+            raise ValueError("train.loss 'sampled_softmax' runs over frozen text vectors with "
+                             "the sequence tower (model.text_layers: 0, model.user: sequence)")
+        draws = torch.Generator().manual_seed(cfg.seed + 1)  # the sampled softmax's negatives
+
+        def negatives(num_items: int) -> torch.Tensor | None:
+            if cfg.loss != "sampled_softmax" or cfg.negatives >= num_items:
+                return None
+            return torch.randint(num_items, (cfg.negatives,), generator=draws).to(device)
 
         def validate() -> float:
             scores = [evaluate_model(model, d, f, val_cfg).metrics["ndcg@10"]
@@ -198,7 +228,9 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
 
         def step_loss(batch: TrainBatch) -> torch.Tensor:
             if fused:
-                return fused_next_item_loss(model, feats[batch.domain], batch, workspace, buffers)
+                text = feats[batch.domain]
+                return fused_next_item_loss(model, text, batch, workspace, buffers,
+                                            negatives(len(text)))
             with autocast_bf16(device, cfg.bf16):
                 item_emb, inputs = table.item_emb(batch), feats[batch.domain]
                 if cfg.loss == "in_batch":
