@@ -110,18 +110,22 @@ def targets(report: dict) -> list[dict]:
 def training_table(report: dict) -> str:
     """Fine-tuning per silo (and joint training, and the ID baseline): the settings it changed
     from the run's, epochs run, best epoch, the kept weight interpolation α (1: the trained
-    weights), validation NDCG@10, seconds."""
+    weights), validation NDCG@10, seconds. A silo's metrics carry its numeric settings only;
+    the others (the loss) come from the run's recorded config (the benchmark runs in-process)."""
     run = report["config"]["train"]
+    silo_train = report["config"].get("federation", {}).get("silo_train", {})
     lines = [f"run's settings: {run['batch_size']} users per step, {run['epochs']} epochs, "
-             f"lr {run['lr']:g}", "",
+             f"lr {run['lr']:g}, loss {run.get('loss', 'full_softmax')}", "",
              "| model | own settings | epochs run | best epoch | kept α | best val N@10 | seconds |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for name, t in report["training"].items():
-        own = ", ".join(f"{k.removeprefix(OWN_TRAIN_METRIC)} {v:g}" for k, v in t.items()
-                        if k.startswith(OWN_TRAIN_METRIC)) or "the run's"
+        own = [f"{k.removeprefix(OWN_TRAIN_METRIC)} {v:g}" for k, v in t.items()
+               if k.startswith(OWN_TRAIN_METRIC)]
+        own += [f"{k} {v}" for k, v in silo_train.get(name, {}).items() if isinstance(v, str)]
+        settings = ", ".join(own) or "the run's"
         secs = f"{t['seconds']:.0f}" if "seconds" in t else "?"
         secs += " (reused)" if t.get("reused_checkpoint") else ""
-        lines.append(f"| {name} | {own} | {t['epochs_run']:.0f} | {t['best_epoch']:.0f} | "
+        lines.append(f"| {name} | {settings} | {t['epochs_run']:.0f} | {t['best_epoch']:.0f} | "
                      f"{t.get('alpha', 1.0):g} | {t['best_val_ndcg@10']:.4f} | {secs} |")
     return "\n".join(lines)
 

@@ -1,14 +1,17 @@
-"""Fine-tuning step time: the autograd item side against the fused one, side by side.
+"""Fine-tuning step time: the autograd item side, the fused one and the fused sampled softmax,
+side by side.
 
     python -m experiments.step_benchmark [--data-dir ../shared/data/amazon] [--steps 30] [--rounds 3]
 
 The benchmark's architecture (``benchmark.yaml``: frozen MiniLM vectors, 64-wide item adapter,
 repeat head) from θ₀, trained with AdamW on the first ``--steps`` batches of an epoch, at the
 batch sizes the benchmark's silos use (Beauty and Sports 32, Pantry 256) and at the joint
-training's 256 on the largest catalogue (Sports). Each round times the two step
+training's 256 on the largest catalogue (Sports). Each round times the three step
 implementations one after the other on the same batches (the first 5 steps of each are warm-up
-and not counted), so both see the same machine; the ratio is fused / autograd. Also recorded:
-the two losses on the first batch (the same computation). Writes
+and not counted), so all see the same machine; the ratios are to the autograd step. The
+sampled step (``train.loss: sampled_softmax``) draws 2,048 items per step, as the
+``benchmark-sampled.yaml`` silos do: a different loss, timed for its cost. Also recorded: the
+autograd and fused losses on the first batch (the same computation). Writes
 ``experiments/reports/step-speed/`` (report, JSON summary, plot).
 """
 
@@ -36,6 +39,8 @@ from experiments.publish import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [("Beauty", 32), ("Pantry", 256), ("Sports", 32), ("Sports", 256)]
+KINDS = ("autograd", "fused", "sampled")
+NEGATIVES = 2048
 WARMUP = 5
 
 
@@ -47,10 +52,13 @@ def time_steps(kind: str, model_fn, text: torch.Tensor, batches: list) -> tuple[
     workspace, buffers = LogitsWorkspace(), Buffers()
     times, first = [], float("nan")
     for i, batch in enumerate(batches):
-        torch.manual_seed(i)  # the same dropout masks for both kinds
+        torch.manual_seed(i)  # the same dropout masks for every kind
         start = time.perf_counter()
         if kind == "fused":
             loss = fused_next_item_loss(model, text, batch, workspace, buffers)
+        elif kind == "sampled":
+            drawn = torch.randint(len(text), (NEGATIVES,))
+            loss = fused_next_item_loss(model, text, batch, workspace, buffers, drawn)
         else:
             loss = next_item_loss(model, model.encode_items(text), batch, workspace, text)
         opt.zero_grad(set_to_none=True)
@@ -77,7 +85,7 @@ def measure(data_dir: Path, cache: Path | None, steps: int, rounds: int) -> list
                                                     torch.Generator().manual_seed(0)))
         batches = list(itertools.islice(bucketed_batches(
             [seqs], batch_size, model_cfg.max_len, torch.Generator().manual_seed(0)), steps))
-        times: dict[str, list[float]] = {"autograd": [], "fused": []}
+        times: dict[str, list[float]] = {kind: [] for kind in KINDS}
         losses: dict[str, float] = {}
         for _ in range(rounds):
             for kind in times:
@@ -87,10 +95,10 @@ def measure(data_dir: Path, cache: Path | None, steps: int, rounds: int) -> list
         mean = {k: sum(v) / len(v) for k, v in times.items()}
         rows.append({"domain": name, "items": domain.num_items, "batch_size": batch_size,
                      "steps_per_epoch": per_epoch, "timed_steps": len(times["fused"]),
-                     "autograd_ms": 1000 * mean["autograd"], "fused_ms": 1000 * mean["fused"],
+                     **{f"{k}_ms": 1000 * mean[k] for k in KINDS},
                      "ratio": mean["fused"] / mean["autograd"],
-                     "autograd_epoch_s": mean["autograd"] * per_epoch,
-                     "fused_epoch_s": mean["fused"] * per_epoch,
+                     "sampled_ratio": mean["sampled"] / mean["autograd"],
+                     **{f"{k}_epoch_s": mean[k] * per_epoch for k in KINDS},
                      "first_loss_autograd": losses["autograd"], "first_loss_fused": losses["fused"]})
         print(rows[-1], flush=True)
     return rows
@@ -98,17 +106,22 @@ def measure(data_dir: Path, cache: Path | None, steps: int, rounds: int) -> list
 
 def markdown(rows: list[dict], steps: int, rounds: int) -> str:
     lines = [f"The benchmark's architecture from θ₀, AdamW, {os.cpu_count()} CPU cores; per "
-             f"setting {rounds} rounds of the two step implementations one after the other on "
-             f"the same first {steps} batches of an epoch ({WARMUP} warm-up steps each not "
-             "counted). Epoch seconds = mean step × steps per epoch (training steps only, "
-             "without the validation pass).", "",
-             "| domain | items | users per step | autograd ms / step | fused ms / step | "
-             "fused / autograd | epoch s (autograd → fused) | first-step loss (autograd, fused) |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
-    lines += [f"| {r['domain']} | {r['items']:,} | {r['batch_size']} | {r['autograd_ms']:.0f} | "
-              f"{r['fused_ms']:.0f} | {r['ratio']:.2f} | {r['autograd_epoch_s']:.0f} → "
-              f"{r['fused_epoch_s']:.0f} | {r['first_loss_autograd']:.5f}, "
-              f"{r['first_loss_fused']:.5f} |" for r in rows]
+             f"setting {rounds} rounds of the three step implementations one after the other "
+             f"on the same first {steps} batches of an epoch ({WARMUP} warm-up steps each not "
+             "counted). Sampled: the fused step with the sampled softmax over "
+             f"{NEGATIVES:,} drawn items plus the batch's targets and history items (a "
+             "different loss). Epoch seconds = mean step × steps per epoch (training steps "
+             "only, without the validation pass).", "",
+             "| domain | items | users per step | ms / step: autograd, fused, sampled | "
+             "fused / autograd | sampled / autograd | epoch s: autograd, fused, sampled | "
+             "first-step loss (autograd, fused) |",
+             "|---|---:|---:|---|---:|---:|---|---|"]
+    lines += [f"| {r['domain']} | {r['items']:,} | {r['batch_size']} | "
+              + ", ".join(f"{r[f'{k}_ms']:.0f}" for k in KINDS)
+              + f" | {r['ratio']:.2f} | {r['sampled_ratio']:.2f} | "
+              + ", ".join(f"{r[f'{k}_epoch_s']:.0f}" for k in KINDS)
+              + f" | {r['first_loss_autograd']:.5f}, {r['first_loss_fused']:.5f} |"
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -120,8 +133,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     labels = [f"{r['domain']}\n{r['batch_size']} users" for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar([i - 0.2 for i in x], [r["autograd_ms"] for r in rows], 0.4, label="autograd")
-    ax.bar([i + 0.2 for i in x], [r["fused_ms"] for r in rows], 0.4, label="fused")
+    for j, kind in enumerate(KINDS):
+        ax.bar([i + 0.27 * (j - 1) for i in x], [r[f"{kind}_ms"] for r in rows], 0.27,
+               label=kind)
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("ms per training step")
     ax.legend()
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, args.steps, args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         image = plot(rows, Path(tmp) / "step_speed.png")
-        where = publish("step-speed", "Fine-tuning step time: autograd vs fused item side",
+        where = publish("step-speed", "Fine-tuning step time: autograd, fused and sampled "
+                        "softmax steps",
                         text, {"steps": args.steps, "rounds": args.rounds, "settings": rows},
                         [image])
     print(text)

@@ -202,7 +202,9 @@ def test_shipped_benchmark_variants_extend_the_reference():
 def test_benchmark_report_shows_each_silos_own_training():
     from experiments.benchmark import training_table
 
-    report = {"config": {"train": {"batch_size": 256, "epochs": 4, "lr": 0.003}},
+    report = {"config": {"train": {"batch_size": 256, "epochs": 4, "lr": 0.003},
+                         "federation": {"silo_train": {"Beauty": {
+                             "batch_size": 32, "epochs": 3, "loss": "sampled_softmax"}}}},
               "training": {
                   "Beauty": {"best_epoch": 3.0, "best_val_ndcg@10": 0.03391, "epochs_run": 3.0,
                              "seconds": 340.2, "reused_checkpoint": 0.0, "train.batch_size": 32.0,
@@ -212,8 +214,9 @@ def test_benchmark_report_shows_each_silos_own_training():
                   "Sports": {"best_epoch": 1.0, "best_val_ndcg@10": 0.02, "epochs_run": 2.0,
                              "reused_checkpoint": 1.0}}}
     lines = training_table(report).splitlines()
-    assert lines[0] == "run's settings: 256 users per step, 4 epochs, lr 0.003"
-    assert lines[-3:] == ["| Beauty | batch_size 32, epochs 3 | 3 | 3 | 0.75 | 0.0339 | 340 |",
+    assert lines[0] == "run's settings: 256 users per step, 4 epochs, lr 0.003, loss full_softmax"
+    assert lines[-3:] == ["| Beauty | batch_size 32, epochs 3, loss sampled_softmax | 3 | 3 | 0.75 "
+                          "| 0.0339 | 340 |",
                           "| Pantry | the run's | 4 | 4 | 1 | 0.0685 | 95 (reused) |",
                           "| Sports | the run's | 2 | 1 | 1 | 0.0200 | ? (reused) |"]
 

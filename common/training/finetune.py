@@ -15,6 +15,7 @@ from ..evaluation.evaluate import EvalConfig, evaluate_model
 from ..model.recommender import ItemInputs, TextSeqRec, position_history_index, prefix_histories
 from ..runtime import autocast_bf16, bf16_enabled, on_device, reproducible, show_progress
 from ..settings import TrainConfig
+from ..settings.training import check_loss
 from .batching import TrainBatch, bucketed_batches, training_sequences
 from .fused_items import Buffers, fused_item_side
 from .item_table import ItemTable
@@ -203,6 +204,7 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
     if cfg.loss not in ("full_softmax", "sampled_softmax", "in_batch"):
         raise ValueError("train.loss must be 'full_softmax', 'sampled_softmax' or 'in_batch', "
                          f"got {cfg.loss!r}")
+    check_loss(cfg, model.cfg, "train")
     with on_device(model) as device:
         val_cfg = EvalConfig(split="val", ks=(10,), max_users=cfg.val_max_users)
         feats = [f.float().to(device) for f in features]
@@ -211,9 +213,6 @@ def fine_tune(model: TextSeqRec, domains: list[Domain], features: list[ItemInput
         fused = model.text_tower is None and model.seq_tower is not None and (
             cfg.loss == "sampled_softmax"
             or (cfg.loss == "full_softmax" and not bf16_enabled(device, cfg.bf16)))
-        if cfg.loss == "sampled_softmax" and not fused:
-            raise ValueError("train.loss 'sampled_softmax' runs over frozen text vectors with "
-                             "the sequence tower (model.text_layers: 0, model.user: sequence)")
         draws = torch.Generator().manual_seed(cfg.seed + 1)  # the sampled softmax's negatives
 
         def negatives(num_items: int) -> torch.Tensor | None:
