@@ -1,4 +1,5 @@
-"""Local fine-tuning: full-softmax next-item cross-entropy with early stopping on val NDCG@10."""
+"""Local fine-tuning: full- or sampled-softmax next-item cross-entropy, early stopping on
+validation NDCG@10."""
 
 from __future__ import annotations
 
