@@ -10,7 +10,7 @@ training's 256 on the largest catalogue (Sports). Each round times the three ste
 implementations one after the other on the same batches (the first 5 steps of each are warm-up
 and not counted), so all see the same machine; the ratios are to the autograd step. The
 sampled step (``train.loss: sampled_softmax``) draws 2,048 items per step, as the
-``benchmark-sampled.yaml`` silos do: a different loss, timed for its cost. Also recorded: the
+benchmark's Beauty and Sports silos do: a different loss, timed for its cost. Also recorded: the
 autograd and fused losses on the first batch (the same computation). Writes
 ``experiments/reports/step-speed/`` (report, JSON summary, plot).
 """
