@@ -24,6 +24,7 @@ def test_yaml_roundtrip(tmp_path):
     ("model: {hidden: many}\n", "model.hidden: expected an integer"),
     ("learned:\n  - name: x\n    distill: {granularity: diagonal}\n", "not one of"),
     ("eval: {split: train}\n", "eval.split"),
+    ("learned:\n  - name: x\n    distill: {residual_lr: -0.1}\n", "residual_lr must be >= 0"),
     ("model: [1, 2]\n", "model: expected a mapping"),
     ("train: {lr: 1e-3x}\n", "train.lr: expected a number"),
     ("a: [\n", "invalid YAML"),

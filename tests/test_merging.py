@@ -123,6 +123,20 @@ def test_learned_merge_task_layer_and_tensor_wise():
         LearnedMerge(BASE, init, "row")  # type: ignore[arg-type]
 
 
+def test_learned_merge_residual_is_added_and_trained():
+    init = build_merge(MergeConfig("task_arithmetic", lam=0.5), BASE, FT)
+    assert LearnedMerge(BASE, init, "task").residual is None  # the paper: merging weights only
+    lm = LearnedMerge(BASE, init, "task", residual=True)
+    assert torch.allclose(lm.merged_state()["w"], init.merged(BASE)["w"])  # residual starts at 0
+    with torch.no_grad():
+        lm.residual[lm.names.index("b")].copy_(torch.tensor([0.25, -1.0]))
+    out = lm.merged_state()
+    assert torch.allclose(out["b"], init.merged(BASE)["b"] + torch.tensor([0.25, -1.0]))
+    (out["w"].sum() + out["b"].sum()).backward()
+    assert all(r.grad is not None and r.grad.abs().sum() > 0 for r in lm.residual)
+    assert lm.weights.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("method", ["ties", "dare", "pcb", "localize_stitch"])
 def test_small_tensors_are_never_sparsified(method):
     base = {"gate": torch.zeros(1), "w": torch.zeros(32)}

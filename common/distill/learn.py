@@ -66,8 +66,12 @@ def learn_merge_weights(model: TextSeqRec, base: StateDict, init: MergeInit,
     reproducible(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = compute_device()
-    merge = LearnedMerge(base, init, cfg.granularity, model.layer_groups(), device)
-    opt = torch.optim.Adam(merge.parameters(), lr=cfg.lr)
+    merge = LearnedMerge(base, init, cfg.granularity, model.layer_groups(), device,
+                         residual=cfg.residual_lr > 0)
+    groups = [{"params": [merge.weights], "lr": cfg.lr}]
+    if merge.residual is not None:
+        groups.append({"params": list(merge.residual), "lr": cfg.residual_lr})
+    opt = torch.optim.Adam(groups)
     model.train(cfg.student_dropout)
     feats = [d.features.float().to(device) for d in domains]
     teachers = [None if d.teacher is None else d.teacher.to(device) for d in domains]

@@ -354,7 +354,9 @@ def _learn_variant(ctx: _Run, pool: ModelPool, spec: LearnedMergeSpec,
         return
     ctx.learned_weights[spec.name] = learned.weights
     ctx.keep(pool, ModelEntry(spec.name, "learned", learned.state_dict),
-             {"method": f"MergeRec learned merging weights ({spec.distill.granularity}-wise)",
+             {"method": f"MergeRec learned merging weights ({spec.distill.granularity}-wise)"
+                        + (" + distilled residual on every weight" if spec.distill.residual_lr
+                           else ""),
               "config": to_dict(spec), "weights": learned.weights, "silos": dict(ctx.catalogues)})
     if ctx.outputs is not None:
         atomic_write_text(ctx.outputs.path("learned_weights.json"),

@@ -62,6 +62,10 @@ class DistillConfig:
     weighs the same, as in the average metric the merge is judged by.
     ``student_dropout`` runs the student in train mode (the official code does; off here so
     that student, teacher and item table see the same dropout-free model).
+    ``residual_lr`` > 0 also trains a free residual on every weight (Adam at this learning rate,
+    zero at the start) with the same loss: distillation of the silos' answers into all of the
+    merged model's weights, beyond the paper's merging weights (0: off, the paper). Use it with
+    ``item_table: differentiable``, or the item tower's residual learns nothing.
     """
 
     granularity: Granularity = "task"
@@ -73,4 +77,9 @@ class DistillConfig:
     item_refresh_every: int = 50
     domain_sampling: Literal["proportional", "equal"] = "proportional"
     student_dropout: bool = False
+    residual_lr: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.residual_lr < 0:
+            raise ValueError(f"residual_lr must be >= 0 (0 = off), got {self.residual_lr}")
