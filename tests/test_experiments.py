@@ -326,6 +326,26 @@ def test_benchmark_targets_count_the_time_of_reused_trainings():
     assert not met and "whose time their checkpoints do not record: not measured" in measured
 
 
+def test_benchmark_targets_name_the_papers_learned_merge_beside_a_residual_one():
+    from common.federated import BASE_LABEL, IN_DOMAIN_LABEL
+    from experiments.benchmark import check_targets
+
+    row = lambda r: {"Beauty": {"recall@10": r, "ndcg@10": r}, "average": {"recall@10": r}}  # noqa: E731
+    loss = {"rec_weight": 1.0, "kd_weight": 1.0}
+    report = {"results": {IN_DOMAIN_LABEL: row(0.08), BASE_LABEL: row(0.05), "average": row(0.06),
+                          "w": row(0.065), "r": row(0.078)},
+              "config": {"merges": [{"method": "average"}],
+                         "learned": [{"name": "w", "distill": {"loss": loss}},
+                                     {"name": "r", "distill": {"loss": loss, "residual_lr": 0.003}}]},
+              "total_seconds": 60.0, "training": {}}
+    checks = {name: ok for name, ok, _ in check_targets(report)}
+    assert checks["best learned merge (r) >= 0.95 x in-domain, avg recall@10"]
+    assert not checks["best merging-weights-only learned merge (the paper's) (w) >= 0.95 x "
+                      "in-domain, avg recall@10"]
+    report["config"]["learned"].pop()  # no residual variant: no reference rows
+    assert not any("weights-only" in name for name, _, _ in check_targets(report))
+
+
 def test_benchmark_reuses_a_finished_seed_with_the_same_configuration(tmp_path, capsys):
     from experiments.benchmark import run_seed
 
