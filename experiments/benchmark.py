@@ -80,7 +80,8 @@ def check_targets(report: dict) -> list[tuple[str, bool, str]]:
     best_tf = max(free, key=lambda m: avg_r10(res, m)) if free else "none"
     tf, in_domain = avg_r10(res, best_tf), avg_r10(res, IN_DOMAIN_LABEL)
     learned = learned_merges(report)
-    weights_only = [m for m in learned if m not in residual_merges(report)]
+    residual = set(residual_merges(report))
+    weights_only = [m for m in learned if m not in residual]
     groups = [("best learned merge", learned)]
     if weights_only != learned:  # the paper's family beside it, for reference
         groups.append(("best merging-weights-only learned merge (the paper's)", weights_only))
