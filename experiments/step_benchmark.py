@@ -9,9 +9,9 @@ batch sizes the benchmark's silos use (Beauty and Sports 32, Pantry 256) and at 
 training's 256 on the largest catalogue (Sports). Each round times the three step
 implementations one after the other on the same batches (the first 5 steps of each are warm-up
 and not counted), so all see the same machine; the ratios are to the autograd step. The
-sampled step (``train.loss: sampled_softmax``) draws 2,048 items per step, as the
-benchmark's Beauty and Sports silos do: a different loss, timed for its cost. Also recorded: the
-autograd and fused losses on the first batch (the same computation). Writes
+sampled step (``train.loss: sampled_softmax``) draws as many items per step as the benchmark's
+sampled-softmax silos (their ``train.negatives``): a different loss, timed for its cost. Also
+recorded: the autograd and fused losses on the first batch (the same computation). Writes
 ``experiments/reports/step-speed/`` (report, JSON summary, plot).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from common.backbone import base_model, model_config_for
-from common.config import load_yaml
+from common.config import load_yaml, with_overrides
 from common.data import load_mergerec_json
 from common.settings import PipelineConfig
 from common.text import center_features, item_features, make_encoder
@@ -40,11 +40,22 @@ from experiments.publish import publish
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [("Beauty", 32), ("Pantry", 256), ("Sports", 32), ("Sports", 256)]
 KINDS = ("autograd", "fused", "sampled")
-NEGATIVES = 2048
 WARMUP = 5
 
 
-def time_steps(kind: str, model_fn, text: torch.Tensor, batches: list) -> tuple[list[float], float]:
+def sampled_negatives(cfg: PipelineConfig) -> int:
+    """Items drawn per step by the benchmark's sampled-softmax silos (one value for all)."""
+    own = [with_overrides(cfg.train, changes, f"federation.silo_train.{name}")
+           for name, changes in cfg.federation.silo_train.items()]
+    values = {t.negatives for t in own if t.loss == "sampled_softmax"}
+    if len(values) != 1:
+        raise SystemExit(f"benchmark.yaml: expected one sampled-softmax 'negatives' among the "
+                         f"silos' own settings, found {sorted(values)}")
+    return values.pop()
+
+
+def time_steps(kind: str, model_fn, text: torch.Tensor, batches: list,
+               negatives: int) -> tuple[list[float], float]:
     """Seconds per step of one fresh θ₀ trained on ``batches``, and the first step's loss."""
     model = model_fn()
     model.train()
@@ -57,7 +68,7 @@ def time_steps(kind: str, model_fn, text: torch.Tensor, batches: list) -> tuple[
         if kind == "fused":
             loss = fused_next_item_loss(model, text, batch, workspace, buffers)
         elif kind == "sampled":
-            drawn = torch.randint(len(text), (NEGATIVES,))
+            drawn = torch.randint(len(text), (negatives,))
             loss = fused_next_item_loss(model, text, batch, workspace, buffers, drawn)
         else:
             loss = next_item_loss(model, model.encode_items(text), batch, workspace, text)
@@ -73,6 +84,7 @@ def time_steps(kind: str, model_fn, text: torch.Tensor, batches: list) -> tuple[
 def measure(data_dir: Path, cache: Path | None, steps: int, rounds: int) -> list[dict]:
     cfg = load_yaml(PipelineConfig, ROOT / "experiments/configs/pipelines/benchmark.yaml")
     cache = cache or cfg.data.cache()
+    negatives = sampled_negatives(cfg)
     encoder = make_encoder(cfg.encoder)
     model_cfg = model_config_for(cfg.model, encoder)
     rows = []
@@ -90,11 +102,12 @@ def measure(data_dir: Path, cache: Path | None, steps: int, rounds: int) -> list
         for _ in range(rounds):
             for kind in times:
                 got, losses[kind] = time_steps(kind, lambda: base_model(model_cfg, encoder, 0),
-                                               text, batches)
+                                               text, batches, negatives)
                 times[kind] += got
         mean = {k: sum(v) / len(v) for k, v in times.items()}
         rows.append({"domain": name, "items": domain.num_items, "batch_size": batch_size,
-                     "steps_per_epoch": per_epoch, "timed_steps": len(times["fused"]),
+                     "steps_per_epoch": per_epoch, "negatives": negatives,
+                     "timed_steps": len(times["fused"]),
                      **{f"{k}_ms": 1000 * mean[k] for k in KINDS},
                      "ratio": mean["fused"] / mean["autograd"],
                      "sampled_ratio": mean["sampled"] / mean["autograd"],
@@ -109,7 +122,7 @@ def markdown(rows: list[dict], steps: int, rounds: int) -> str:
              f"setting {rounds} rounds of the three step implementations one after the other "
              f"on the same first {steps} batches of an epoch ({WARMUP} warm-up steps each not "
              "counted). Sampled: the fused step with the sampled softmax over "
-             f"{NEGATIVES:,} drawn items plus the batch's targets and history items (a "
+             f"{rows[0]['negatives']:,} drawn items plus the batch's targets and history items (a "
              "different loss). Epoch seconds = mean step × steps per epoch (training steps "
              "only, without the validation pass).", "",
              "| domain | items | users per step | ms / step: autograd, fused, sampled | "

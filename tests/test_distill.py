@@ -6,7 +6,7 @@ from common.distill import (DistillConfig, DomainPseudoData, PseudoUserConfig, b
                             kmeans_nearest, learn_merge_weights, select_items, teacher_scores)
 from common.distill.learn import sample_rows
 from common.distill.losses import kd_loss
-from common.merging import MergeConfig, build_merge
+from common.merging import MergeConfig, build_merge, task_vectors
 from common.model import ModelConfig, build_base_model, model_from_state
 
 
@@ -83,6 +83,7 @@ def test_distilled_residual_leaves_the_span_of_the_task_vectors_and_fits_the_tea
         pseudo.append(DomainPseudoData(f"d{k}", feats, seqs,
                                        teacher_scores(model_from_state(cfg, state), feats, seqs)))
     init = build_merge(MergeConfig("task_arithmetic", lam=0.5), base, finetuned)
+    vectors = task_vectors(base, finetuned)
 
     def learn(residual_lr):
         return learn_merge_weights(build_base_model(cfg, 0), base, init, pseudo,
@@ -100,7 +101,7 @@ def test_distilled_residual_leaves_the_span_of_the_task_vectors_and_fits_the_tea
     plain, distilled = learn(0.0), learn(0.01)
     for result in (plain, distilled):
         weights = {n: torch.tensor(w) for n, w in result.weights.items()}
-        in_span = {n: base[n] + sum(w * f[n] - w * base[n] for w, f in zip(weights[n], finetuned))
+        in_span = {n: base[n] + sum(w * tau[n] for w, tau in zip(weights[n], vectors))
                    for n in base}
         gap = max(float((result.state_dict[n] - in_span[n]).abs().max()) for n in base)
         assert (gap < 1e-5) == (result is plain), gap

@@ -387,3 +387,16 @@ def test_runner_wall_time_is_unknown_when_one_run_is():
 
     assert minutes_cell([30.0, 40.0], 2) == "35.0"
     assert minutes_cell([30.0], 2) == "?"  # one seed's reused training time unknown
+
+
+def test_step_benchmark_draws_what_the_benchmark_silos_draw():
+    from common.config import load_yaml, with_overrides
+    from common.settings import PipelineConfig
+    from experiments.step_benchmark import ROOT, sampled_negatives
+
+    cfg = load_yaml(PipelineConfig, ROOT / "experiments/configs/pipelines/benchmark.yaml")
+    own = with_overrides(cfg.train, cfg.federation.silo_train["Sports"], "Sports")
+    assert own.loss == "sampled_softmax" and sampled_negatives(cfg) == own.negatives
+    cfg.federation.silo_train["Beauty"] = {**cfg.federation.silo_train["Beauty"], "negatives": 7}
+    with pytest.raises(SystemExit, match="expected one sampled-softmax 'negatives'"):
+        sampled_negatives(cfg)
