@@ -25,22 +25,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from common.config import from_dict
 from common.data import Domain
 from common.distill import DistillConfig, DomainPseudoData, TeacherSignal, learn_merge_weights
 from common.evaluation import EvalConfig, evaluate_model
-from common.experiment import load_domains
-from common.federated import BASE_LABEL, IN_DOMAIN_LABEL, RunSettings
-from common.federated.coordinator import safe_name
+from common.federated import BASE_LABEL, IN_DOMAIN_LABEL
 from common.merging import MergeConfig, build_merge
-from common.backbone import resolve_base
-from common.model import TextSeqRec, model_from_state, state_hash
-from common.pipeline import PipelineConfig, local_silos
+from common.model import TextSeqRec, model_from_state
 from common.io import atomic_write_text
 from common.report import markdown_table, write_report
 from experiments.benchmark import learned_merges, plot, runs_made_by, training_free
+from experiments.finished_run import load_finished_run
 from experiments.publish import publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,23 +66,9 @@ def _evaluate(model: TextSeqRec, domains: list[Domain], feats: dict[str, torch.T
 def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: int,
                max_users: int) -> dict:
     """Learn and evaluate the oracle merges; a report with the benchmark's rows for reference."""
-    source = bench / "report.json"
-    if not source.is_file():
-        raise SystemExit(f"{source}: not found (run python -m experiments.benchmark first)")
-    bench_report = json.loads(source.read_text())
-    cfg = from_dict(PipelineConfig, bench_report["config"], str(source))
-    domains = [d for d in load_domains(cfg.data) if d.name not in cfg.federation.eval_only]
-    model_cfg, base = resolve_base(cfg.encoder, cfg.model, cfg.seed)
-    if state_hash(base) != bench_report["base_hash"]:
-        raise SystemExit(f"{source}: θ₀ of this code differs from the benchmark's; re-run it")
-    finetuned = []
-    for d in domains:
-        path = bench / "received" / f"{safe_name(d.name)}.safetensors"
-        if not path.is_file():
-            raise SystemExit(f"{path}: the benchmark kept no weights for silo {d.name}")
-        finetuned.append(load_file(str(path)))
-    run = RunSettings(cfg.encoder, cfg.center_features, model_cfg)
-    feats = {s.cfg.name: s.features(run) for s in local_silos(cfg, domains)}
+    run = load_finished_run(bench)
+    bench_report, cfg, domains, feats = run.report, run.cfg, run.domains, run.features
+    model_cfg, base, finetuned = run.model_cfg, run.base, run.finetuned
     data = [validation_users(d, feats[d.name], model_cfg.max_len, max_users, cfg.seed) for d in domains]
     free, learned_rows = training_free(bench_report), learned_merges(bench_report)
     results = {m: bench_report["results"][m] for m in (BASE_LABEL, *free, *learned_rows)}

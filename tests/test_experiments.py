@@ -400,3 +400,84 @@ def test_step_benchmark_draws_what_the_benchmark_silos_draw():
     cfg.federation.silo_train["Beauty"] = {**cfg.federation.silo_train["Beauty"], "negatives": 7}
     with pytest.raises(SystemExit, match="expected one sampled-softmax 'negatives'"):
         sampled_negatives(cfg)
+
+
+def test_history_rules_score_as_specified():
+    import torch.nn.functional as F
+
+    import torch
+
+    from common.model import TextSeqRec
+    from common.model.recommender import pad_sequences
+    from common.settings import ModelConfig
+    from experiments.transfer_analysis import rule_scores
+
+    torch.manual_seed(0)
+    base = TextSeqRec(ModelConfig(text_dim=8, hidden=8, heads=2, layers=1, max_len=4, item_hidden=8)).eval()
+    emb = torch.randn(6, 8)
+    hist = [[1, 2, 3], [4]]
+    cos = F.normalize(emb, dim=-1) @ F.normalize(emb, dim=-1).T
+    with torch.no_grad():
+        theta0 = base.score_sequences(emb, *pad_sequences(hist, 4))
+        plain = rule_scores(base, emb, 0.0, 0.0, 0.0)(hist)
+        assert torch.equal(plain, theta0)  # decay 0 without bonuses is θ₀, bit for bit
+        bonus = rule_scores(base, emb, 0.0, -1.0, 0.1)(hist)
+        expected = cos[[3, 4]].clone()
+        expected[0, [1, 2]] += 0.1
+        expected[0, 3] -= 1.0
+        expected[1, 4] -= 1.0
+        assert torch.allclose(bonus, expected, atol=1e-6)
+        decayed = rule_scores(base, emb, 0.5, 0.0, 0.0)(hist)
+        user = emb[3] + 0.5 * emb[2] + 0.25 * emb[1]
+        assert torch.allclose(decayed[0], F.normalize(user, dim=0) @ F.normalize(emb, dim=-1).T, atol=1e-6)
+        assert torch.allclose(decayed[1], cos[4], atol=1e-6)
+
+
+def test_transfer_analysis_on_a_finished_run(tmp_path, monkeypatch, capsys):
+    import functools
+
+    from common.evaluation import EvalConfig
+    from common.pipeline import run_pipeline
+    from experiments import transfer_analysis
+    from experiments.publish import publish
+    from experiments.transfer_analysis import (COMPONENTS, analyse, best_universal_rule,
+                                               component_transfer, markdown)
+    from experiments.finished_run import load_finished_run
+    from tests.runs import tiny_config
+
+    bench = tmp_path / "bench" / "seed0"
+    run_pipeline(tiny_config(tmp_path, output_dir=str(bench), learned=TINY["learned"][:1]))
+    report = analyse(bench, users=40)
+    domains = {"beauty", "sports", "pantry"}
+    assert set(report["theta0"]) == domains and set(report["users"].values()) == {40}
+    assert len(report["rules"]) == 16
+    assert all(set(per) == domains for per in report["rules"].values())
+    assert report["rules"]["decay 0, last +0, other +0"] == report["theta0"]
+    assert all(0 <= r["last"] <= r["history"] <= 1 for r in report["repeats"].values())
+    transfer = report["transfer"]
+    assert set(transfer) == domains
+    assert all(set(per) == domains - {src} for src, per in transfer.items())
+    assert set(transfer["beauty"]["sports"]) == {"whole model", *(f"{c} only" for c in COMPONENTS)}
+    rule, worst, where = best_universal_rule(report)
+    assert where in domains and worst == min(
+        report["rules"][rule][d]["recall@10"] / report["theta0"][d]["recall@10"] for d in domains)
+    text = markdown(report)
+    assert f"Best single rule for every domain: **{rule}**" in text
+    assert "| beauty → sports | " in text
+
+    # a silo whose weights are θ₀'s transfers exactly as θ₀, whole and in parts
+    run = load_finished_run(bench)
+    run.finetuned = [dict(run.base) for _ in run.finetuned]
+    same = component_transfer(run, EvalConfig(split="val", ks=(10,), max_users=40))
+    assert all(m == report["theta0"][d] for per in same.values() for d, res in per.items()
+               for m in res.values())
+
+    monkeypatch.setattr(transfer_analysis, "publish", functools.partial(publish, root=tmp_path / "reports"))
+    transfer_analysis.main(["--benchmark", str(bench), "--users", "30", "--output",
+                            str(tmp_path / "ta"), "--publish", "ta"])
+    assert "published to" in capsys.readouterr().out
+    published = tmp_path / "reports" / "ta"
+    assert {p.name for p in published.iterdir()} == {"report.md", "summary.json", "rules.png"}
+    assert json.loads((published / "summary.json").read_text())["stamp"]["commit"]
+    with pytest.raises(SystemExit, match="report.json: not found"):
+        analyse(tmp_path / "nothing", users=10)
