@@ -50,6 +50,7 @@ def rule_scores(base: TextSeqRec, item_emb: torch.Tensor, decay: float, last: fl
     ``Σ_k decay^k · e_{t-k}`` and the bonuses added to history items."""
     max_len = base.cfg.max_len
 
+    @torch.no_grad()
     def score(hist: list[list[int]]) -> torch.Tensor:
         seqs, lengths = pad_sequences(hist, max_len)
         pos = torch.arange(seqs.shape[1])

@@ -431,6 +431,9 @@ def test_history_rules_score_as_specified():
         user = emb[3] + 0.5 * emb[2] + 0.25 * emb[1]
         assert torch.allclose(decayed[0], F.normalize(user, dim=0) @ F.normalize(emb, dim=-1).T, atol=1e-6)
         assert torch.allclose(decayed[1], cos[4], atol=1e-6)
+    # evaluation calls it outside no_grad: it must keep no autograd graph (10,000 users
+    # per domain otherwise exhaust the memory)
+    assert not rule_scores(base, emb, 0.4, -1.0, 0.1)(hist).requires_grad
 
 
 def test_transfer_analysis_on_a_finished_run(tmp_path, monkeypatch, capsys):
