@@ -484,3 +484,54 @@ def test_transfer_analysis_on_a_finished_run(tmp_path, monkeypatch, capsys):
     assert json.loads((published / "summary.json").read_text())["stamp"]["commit"]
     with pytest.raises(SystemExit, match="report.json: not found"):
         analyse(tmp_path / "nothing", users=10)
+
+
+def test_sasrec_check_on_a_finished_run(tmp_path, monkeypatch, capsys):
+    import functools
+
+    from common.pipeline import run_pipeline
+    from experiments import sasrec_check
+    from experiments.finished_run import load_finished_run
+    from experiments.publish import publish
+    from experiments.sasrec_check import TEXT_MODEL, SASRecCheckConfig, check, chosen_sasrec, markdown
+    from tests.runs import tiny_config
+
+    bench = tmp_path / "bench" / "seed0"
+    sas = {"hidden": 16, "epochs": 2, "batch_size": 32, "patience": 1}
+    run_pipeline(tiny_config(tmp_path, output_dir=str(bench), learned=[], id_baseline=sas))
+    cfg = SASRecCheckConfig(benchmark=str(bench), domains=["beauty"],
+                            variants={"as run": {}, "wider": {"hidden": 32}},
+                            published={"beauty": {"recall@10": 0.5}}, published_source="a paper",
+                            checkpoints=str(tmp_path / "ckpt"))
+    run = load_finished_run(bench)
+    report = check(cfg, run)
+    rows = report["domains"]["beauty"]
+    assert list(rows) == ["zero-shot base θ₀", TEXT_MODEL, "SASRec: as run", "SASRec: wider"]
+    assert rows["SASRec: wider"]["training"]["settings"]["hidden"] == 32
+    assert rows["SASRec: as run"]["training"]["settings"]["hidden"] == 16
+    # the benchmark's own SASRec row is reproduced by the unchanged variant (same seed, data)
+    bench_sas = run.report["results"]["SASRec (item ids, each silo alone)"]["beauty"]
+    assert rows["SASRec: as run"]["test"]["history kept"]["recall@10"] == pytest.approx(bench_sas["recall@10"])
+    # the text model row is the benchmark's in-domain model
+    in_domain = run.report["results"]["in-domain fine-tuned"]["beauty"]
+    assert rows[TEXT_MODEL]["test"]["history kept"]["ndcg@10"] == pytest.approx(in_domain["ndcg@10"])
+    assert all(set(r[split]) == {"history kept", "history masked"} for r in rows.values()
+               for split in ("val", "test"))
+    text = markdown(report, cfg)
+    assert f"Chosen on validation: **{chosen_sasrec(rows)}**" in text
+    assert "Published SASRec (a paper): recall@10 0.500" in text
+    # a reused checkpoint gives the same answer; unknown domains and runs without SASRec refused
+    assert check(cfg, run)["domains"]["beauty"]["SASRec: wider"] == rows["SASRec: wider"]
+    with pytest.raises(SystemExit, match="no seen domain"):
+        check(SASRecCheckConfig(benchmark=str(bench), domains=["toys"]), run)
+    run.cfg.id_baseline = None
+    with pytest.raises(SystemExit, match="without id_baseline"):
+        check(cfg, run)
+
+    config = tmp_path / "check.yaml"
+    config.write_text(f"benchmark: {bench}\ndomains: [beauty]\nvariants: {{as run: {{}}}}\n"
+                      f"checkpoints: {tmp_path / 'ckpt'}\n")
+    monkeypatch.setattr(sasrec_check, "publish", functools.partial(publish, root=tmp_path / "reports"))
+    sasrec_check.main(["--config", str(config), "--output", str(tmp_path / "out"), "--publish", "sc"])
+    assert "published to" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "reports" / "sc").iterdir()} == {"report.md", "summary.json", "sasrec.png"}
