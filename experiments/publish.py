@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,3 +63,17 @@ def publish(name: str, title: str, markdown: str, summary: dict, plots: list[Pat
     atomic_write_text(out / "summary.json", json.dumps({"stamp": info, **summary}, indent=2,
                                                        default=str))
     return out
+
+
+def write_report(out: Path, title: str, text: str, report: dict,
+                 plot: Callable[[dict, Path], Path], plot_name: str,
+                 publish_as: str | None) -> None:
+    """Write ``out/report.json`` and ``out/report.md``, print the text and, with
+    ``publish_as``, publish it with ``plot(report, out / plot_name)``."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", text + "\n")
+    print(text)
+    if publish_as:
+        where = publish(publish_as, title, text, report, [plot(report, out / plot_name)])
+        print(f"published to {where}")

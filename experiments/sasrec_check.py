@@ -14,17 +14,15 @@ it (as the paper): both are given, for every model.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.config import load_yaml, with_overrides
 from common.evaluation import EvalConfig, evaluate_model
-from common.io import atomic_write_text
 from common.model import model_from_state
 from common.training.id_baseline import evaluate_sasrec, sasrec_cached
 from experiments.finished_run import FinishedRun, load_finished_run
-from experiments.publish import publish
+from experiments.publish import write_report
 
 METRICS = ("recall@10", "ndcg@10")
 PROTOCOLS = {"history kept": False, "history masked": True}
@@ -153,16 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = load_yaml(SASRecCheckConfig, args.config)
     report = check(cfg, load_finished_run(Path(cfg.benchmark)))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    text = markdown(report, cfg)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", text + "\n")
-    print(text)
-    if args.publish:
-        where = publish(args.publish, "Is the ID-based SASRec a fair reference?", text, report,
-                        [plot(report, out / "sasrec.png")])
-        print(f"published to {where}")
+    write_report(Path(args.output), "Is the ID-based SASRec a fair reference?",
+                 markdown(report, cfg), report, plot, "sasrec.png", args.publish)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ benchmark seed, on the validation split (an analysis, not a merge):
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -25,11 +24,10 @@ import torch
 from common.data import Domain
 from common.evaluation import EvalConfig, evaluate_model
 from common.evaluation.evaluate import evaluate_scores
-from common.io import atomic_write_text
 from common.model import TextSeqRec, model_from_state
 from common.model.recommender import add_at, pad_sequences, sequence_history_index
 from experiments.finished_run import FinishedRun, load_finished_run
-from experiments.publish import publish
+from experiments.publish import write_report
 
 DECAYS = (0.0, 0.2, 0.4, 0.6)
 LAST_BONUS = (0.0, -1.0)     # -1: the last item is pushed out of the top ranks
@@ -209,16 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--publish", metavar="NAME", help="also write experiments/reports/NAME/")
     args = ap.parse_args(argv)
     report = analyse(Path(args.benchmark), args.users)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    text = markdown(report)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", text + "\n")
-    print(text)
-    if args.publish:
-        where = publish(args.publish, "What could carry over to a new domain", text, report,
-                        [plot(report, out / "rules.png")])
-        print(f"published to {where}")
+    write_report(Path(args.output), "What could carry over to a new domain", markdown(report),
+                 report, plot, "rules.png", args.publish)
 
 
 if __name__ == "__main__":

@@ -442,6 +442,7 @@ def test_transfer_analysis_on_a_finished_run(tmp_path, monkeypatch, capsys):
     from common.evaluation import EvalConfig
     from common.pipeline import run_pipeline
     from experiments import transfer_analysis
+    from experiments import publish as publishing
     from experiments.publish import publish
     from experiments.transfer_analysis import (COMPONENTS, analyse, best_universal_rule,
                                                component_transfer, markdown)
@@ -475,7 +476,7 @@ def test_transfer_analysis_on_a_finished_run(tmp_path, monkeypatch, capsys):
     assert all(m == report["theta0"][d] for per in same.values() for d, res in per.items()
                for m in res.values())
 
-    monkeypatch.setattr(transfer_analysis, "publish", functools.partial(publish, root=tmp_path / "reports"))
+    monkeypatch.setattr(publishing, "publish", functools.partial(publish, root=tmp_path / "reports"))
     transfer_analysis.main(["--benchmark", str(bench), "--users", "30", "--output",
                             str(tmp_path / "ta"), "--publish", "ta"])
     assert "published to" in capsys.readouterr().out
@@ -492,6 +493,7 @@ def test_sasrec_check_on_a_finished_run(tmp_path, monkeypatch, capsys):
     from common.pipeline import run_pipeline
     from experiments import sasrec_check
     from experiments.finished_run import load_finished_run
+    from experiments import publish as publishing
     from experiments.publish import publish
     from experiments.sasrec_check import TEXT_MODEL, SASRecCheckConfig, check, chosen_sasrec, markdown
     from tests.runs import tiny_config
@@ -531,7 +533,7 @@ def test_sasrec_check_on_a_finished_run(tmp_path, monkeypatch, capsys):
     config = tmp_path / "check.yaml"
     config.write_text(f"benchmark: {bench}\ndomains: [beauty]\nvariants: {{as run: {{}}}}\n"
                       f"checkpoints: {tmp_path / 'ckpt'}\n")
-    monkeypatch.setattr(sasrec_check, "publish", functools.partial(publish, root=tmp_path / "reports"))
+    monkeypatch.setattr(publishing, "publish", functools.partial(publish, root=tmp_path / "reports"))
     sasrec_check.main(["--config", str(config), "--output", str(tmp_path / "out"), "--publish", "sc"])
     assert "published to" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "reports" / "sc").iterdir()} == {"report.md", "summary.json", "sasrec.png"}
