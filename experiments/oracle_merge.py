@@ -18,8 +18,6 @@ when the settings match) and the combined ``<output>/report.md``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,15 +26,17 @@ import torch
 
 from common.config import from_dict
 from common.data import Domain
-from common.distill import DistillConfig, DomainPseudoData, TeacherSignal, learn_merge_weights
+from common.distill import (DistillConfig, DomainPseudoData, LearnResult, TeacherSignal,
+                            learn_merge_weights)
 from common.evaluation import EvalConfig, evaluate_model
 from common.federated import BASE_LABEL, IN_DOMAIN_LABEL
-from common.merging import MergeConfig, build_merge
+from common.merging import MergeConfig, StateDict, build_merge
 from common.model import TextSeqRec, model_from_state
+from common.settings import ModelConfig
 from common.io import atomic_write_text
-from common.report import markdown_table, write_report
+from common.report import markdown_table
 from experiments.benchmark import learned_merges, plot, runs_made_by, training_free
-from experiments.finished_run import load_finished_run
+from experiments.finished_run import load_finished_run, reused_or_made
 from experiments.publish import publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,19 @@ def validation_users(domain: Domain, features: torch.Tensor, max_len: int, max_u
     labels = torch.tensor([targets[i] for i in order.tolist()])[:, None]
     teacher = TeacherSignal(torch.ones(len(seqs), 1), domain.num_items, labels)
     return DomainPseudoData(domain.name, features, seqs, teacher)
+
+
+def fit_on_users(model_cfg: ModelConfig, base: StateDict, finetuned: list[StateDict],
+                 data: list[DomainPseudoData], granularity: str, steps: int, batch_size: int,
+                 seed: int) -> LearnResult:
+    """Merging weights over ``finetuned``'s task vectors, started at task arithmetic, fitted
+    with the cross-entropy of the true next item of real users (``data``), the item table
+    re-encoded with gradient at every step."""
+    distill = from_dict(DistillConfig, {"granularity": granularity, "steps": steps, "seed": seed,
+                                        "batch_size": batch_size, "item_table": "differentiable",
+                                        "loss": {"rec_weight": 1.0, "kd_weight": 0.0}})
+    return learn_merge_weights(TextSeqRec(model_cfg), base,
+                               build_merge(MergeConfig(), base, finetuned), data, distill)
 
 
 def _evaluate(model: TextSeqRec, domains: list[Domain], feats: dict[str, torch.Tensor],
@@ -75,12 +88,8 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
     weights, seconds, fit = {}, {}, {}
     for g in granularities:
         label = f"oracle {g}-wise (real validation users)"
-        distill = from_dict(DistillConfig, {"granularity": g, "steps": steps, "seed": cfg.seed,
-                                            "batch_size": batch_size, "item_table": "differentiable",
-                                            "loss": {"rec_weight": 1.0, "kd_weight": 0.0}})
         start = time.perf_counter()
-        learned = learn_merge_weights(TextSeqRec(model_cfg), base,
-                                      build_merge(MergeConfig(), base, finetuned), data, distill)
+        learned = fit_on_users(model_cfg, base, finetuned, data, g, steps, batch_size, cfg.seed)
         model = model_from_state(model_cfg, learned.state_dict)
         row = _evaluate(model, domains, feats, cfg.eval)
         fit[label] = _evaluate(model, domains, feats, replace(cfg.eval, split="val"))["average"]
@@ -88,7 +97,7 @@ def run_oracle(bench: Path, granularities: list[str], steps: int, batch_size: in
         seconds[label] = round(time.perf_counter() - start, 1)
         print(f"{label}: avg R@10 {row['average']['recall@10']:.4f} ({seconds[label]} s)", flush=True)
     results[IN_DOMAIN_LABEL] = bench_report["results"][IN_DOMAIN_LABEL]
-    return {"benchmark": str(bench), "results": results, "learned_weights": weights,
+    return {"results": results, "learned_weights": weights,
             "training_free": free, "learned": learned_rows,
             "validation_average": fit, "seconds": seconds, "protocol": bench_report.get("protocol"),
             "oracle": {"steps": steps, "batch_size": batch_size, "users_per_domain": max_users,
@@ -117,21 +126,10 @@ def summary(report: dict) -> str:
 
 
 def oracle_seed(bench: Path, out: Path, settings: dict, made_by: dict[str, str]) -> dict:
-    """:func:`run_oracle` on one benchmark seed into ``out`` (a finished report on the same
-    benchmark run, by the digest of its report, with the same settings is reused)."""
-    source = bench / "report.json"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
-    done = out / "report.json"
-    if done.is_file():
-        report = json.loads(done.read_text())
-        if (report.get("benchmark") == str(bench) and report.get("settings") == settings
-                and report.get("benchmark_digest") == digest):
-            print(f"{out}: finished with these settings, reused", flush=True)
-            return report
-    report = {**run_oracle(bench, **settings), "settings": settings, "stamp": made_by,
-              "benchmark_digest": digest}
-    write_report(report, out, summary(report))
-    return report
+    """:func:`run_oracle` on one benchmark seed into ``out``, reused when finished on the same
+    run with the same settings."""
+    return reused_or_made(bench, out, settings, made_by, lambda: run_oracle(bench, **settings),
+                          summary)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -537,3 +537,61 @@ def test_sasrec_check_on_a_finished_run(tmp_path, monkeypatch, capsys):
     sasrec_check.main(["--config", str(config), "--output", str(tmp_path / "out"), "--publish", "sc"])
     assert "published to" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "reports" / "sc").iterdir()} == {"report.md", "summary.json", "sasrec.png"}
+
+
+def test_lodo_ceiling_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, capsys):
+    import functools
+
+    from common.pipeline import run_pipeline
+    from experiments import lodo_ceiling
+    from experiments import publish as publishing
+    from experiments.lodo_ceiling import BASE_LABEL, best_oracle, ceiling, combined, oracle_label
+    from experiments.finished_run import load_finished_run
+    from experiments.publish import publish
+    from safetensors.torch import save_file
+    from tests.runs import tiny_config
+
+    run = tmp_path / "lodo" / "seed0"
+    run_pipeline(tiny_config(tmp_path, output_dir=str(run), learned=TINY["learned"][:1],
+                             federation={"eval_only": ["pantry"]}))
+    report = ceiling(run, ["task", "tensor"], steps=5, batch_size=8, max_users=30)
+    assert report["left_out"] == "pantry" and sorted(report["seen"]) == ["beauty", "sports"]
+    assert set(report["rows"]) == {BASE_LABEL, "task arithmetic", oracle_label("task"),
+                                   oracle_label("tensor")}
+    assert all(set(r) == {"test", "val"} for r in report["rows"].values())
+    assert list(report["run_learned"]) == [TINY["learned"][0]["name"]]
+    saved = json.loads((run / "report.json").read_text())
+    # θ₀ and the run's learned merge are the numbers the run itself measured on pantry
+    assert report["rows"][BASE_LABEL]["test"] == saved["results"][BASE_LABEL]["pantry"]
+    assert report["run_learned"][TINY["learned"][0]["name"]] == \
+        saved["results"][TINY["learned"][0]["name"]]["pantry"]
+    assert len(report["learned_weights"][oracle_label("task")]) == 1  # one weight per silo
+    text = combined({"r": {**report, "stamp": {"commit": "abc"}}},
+                    {"max_users": 30, "steps": 5, "batch_size": 8})
+    label, best = best_oracle(report)
+    assert f"- pantry: best oracle {label} {best:.3f}× θ₀ on test" in text
+    assert "| task arithmetic | " in text and "(the run's, pseudo-users)" in text
+
+    # silos that sent θ₀ back: every merge of them is θ₀, oracle included
+    base = load_finished_run(run).base
+    for name in ("beauty", "sports"):
+        save_file({k: v.clone() for k, v in base.items()}, str(run / "received" / f"{name}.safetensors"))
+    same = ceiling(run, ["tensor"], steps=5, batch_size=8, max_users=30)
+    assert same["rows"]["task arithmetic"] == same["rows"][BASE_LABEL]
+    assert same["rows"][oracle_label("tensor")] == same["rows"][BASE_LABEL]
+
+    monkeypatch.setattr(publishing, "publish", functools.partial(publish, root=tmp_path / "reports"))
+    argv = ["--runs", str(run), "--granularity", "task", "--steps", "3", "--batch-size", "8",
+            "--users", "20", "--output", str(tmp_path / "ceiling")]
+    lodo_ceiling.main(argv)
+    assert "reused" not in capsys.readouterr().out
+    lodo_ceiling.main([*argv, "--publish", "ceiling"])
+    assert "finished with these settings, reused" in capsys.readouterr().out
+    published = tmp_path / "reports" / "ceiling"
+    assert {p.name for p in published.iterdir()} == {"report.md", "summary.json", "lodo_ceiling.png"}
+    assert "### Left out: pantry" in (published / "report.md").read_text()
+
+    full = tmp_path / "full" / "seed0"  # no evaluation-only domain: refused, naming the run
+    run_pipeline(tiny_config(tmp_path, output_dir=str(full), learned=[]))
+    with pytest.raises(SystemExit, match="exactly one evaluation-only domain"):
+        ceiling(full, ["task"], 3, 8, 20)
