@@ -8,9 +8,9 @@
 Each ``--runs`` folder is a finished leave-one-domain-out run (one evaluation-only domain D; the
 weights its seen silos sent under ``received/``). On it, merging weights over the seen silos'
 task vectors (θ₀ + Σ_k λ_k ⊙ τ_k, task-, layer- or tensor-wise, started at task arithmetic) are
-fitted with the cross-entropy of the true next item of D's *own* validation users: an oracle a
-new domain cannot run (it has no users yet), and an upper bound for every merge in that family,
-whatever signal it learns from. Each oracle is evaluated on D's test split beside θ₀, task
+fitted with the cross-entropy of the true next item of D's *own* validation users, and, task-wise,
+chosen on a grid by D's validation Recall@10 itself: oracles a new domain cannot run (it has no
+users yet), bounding what any signal could teach a merge in that family. Each oracle is evaluated on D's test split beside θ₀, task
 arithmetic of the same silos and the run's own learned merges (pseudo-users of the seen domains).
 Where the oracle stays below 1.05× θ₀, no merge of those silos' weights reaches the
 leave-one-domain-out target on D. Writes ``<output>/<run>/report.{md,json}`` (reused when the
@@ -20,16 +20,18 @@ settings and the run match) and the combined ``<output>/report.md``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from common.data import Domain
 from common.evaluation import evaluate_model
 from common.federated import BASE_LABEL
 from common.merging import MergeConfig, build_merge
-from common.model import TextSeqRec, model_from_state
-from experiments.finished_run import load_finished_run, reused_or_made
+from common.model import model_from_state
+from experiments.finished_run import FinishedRun, load_finished_run, reused_or_made
 from experiments.oracle_merge import fit_on_users, validation_users
 from experiments.publish import stamp, write_report
 
@@ -39,8 +41,26 @@ TASK_ARITHMETIC = "task arithmetic"
 DEFAULT_RUNS = [f"results/lodo/runs/unseen_{d}/seed0" for d in ("Beauty", "Pantry", "Sports")]
 
 
+GRID = (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)
+GRID_LABEL = "oracle task-wise grid (left-out domain's validation Recall@10)"
+
+
 def oracle_label(granularity: str) -> str:
     return f"oracle {granularity}-wise (left-out domain's validation users)"
+
+
+def grid_weights(run: FinishedRun, target: Domain, max_users: int) -> list[float]:
+    """The task-wise weights in :data:`GRID` (one per seen silo, every combination) with the
+    best Recall@10 on the first ``max_users`` validation users of ``target`` (first best kept)."""
+    merge = build_merge(MergeConfig(), run.base, run.finetuned)
+    cfg = replace(run.cfg.eval, split="val", max_users=max_users)
+    best, best_w = -1.0, list(merge.weights)
+    for w in itertools.product(GRID, repeat=len(run.finetuned)):
+        model = model_from_state(run.model_cfg, merge.merged(run.base, list(w)))
+        r10 = evaluate_model(model, target, run.features[target.name], cfg).metrics[METRIC]
+        if r10 > best:
+            best, best_w = r10, list(w)
+    return best_w
 
 
 def ceiling(run_dir: Path, granularities: list[str], steps: int, batch_size: int,
@@ -59,10 +79,15 @@ def ceiling(run_dir: Path, granularities: list[str], steps: int, batch_size: int
         return {split: evaluate_model(model, target, feats, replace(cfg.eval, split=split)).metrics
                 for split in ("test", "val")}
 
-    rows = {BASE_LABEL: scores(run.base),
-            TASK_ARITHMETIC: scores(build_merge(MergeConfig(), run.base, run.finetuned).merged(run.base))}
+    merge = build_merge(MergeConfig(), run.base, run.finetuned)
+    rows = {BASE_LABEL: scores(run.base), TASK_ARITHMETIC: scores(merge.merged(run.base))}
+    start = time.perf_counter()
+    grid = grid_weights(run, target, max_users)
+    rows[GRID_LABEL], weights, seconds = scores(merge.merged(run.base, grid)), {GRID_LABEL: grid}, {}
+    seconds[GRID_LABEL] = round(time.perf_counter() - start, 1)
+    print(f"{target.name}, {GRID_LABEL}: weights {grid}, test R@10 "
+          f"{rows[GRID_LABEL]['test'][METRIC]:.4f} ({seconds[GRID_LABEL]} s)", flush=True)
     data = [validation_users(target, feats, run.model_cfg.max_len, max_users, cfg.seed)]
-    weights, seconds = {}, {}
     for g in granularities:
         start = time.perf_counter()
         learned = fit_on_users(run.model_cfg, run.base, run.finetuned, data, g, steps, batch_size,

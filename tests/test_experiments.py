@@ -1,6 +1,7 @@
 """The experiment runner end to end on tiny synthetic data (in-process): settings × seeds,
 DP and membership inference, mean ± std tables, plots, resume and re-report."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -545,7 +546,11 @@ def test_lodo_ceiling_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, cap
     from common.pipeline import run_pipeline
     from experiments import lodo_ceiling
     from experiments import publish as publishing
-    from experiments.lodo_ceiling import BASE_LABEL, best_oracle, ceiling, combined, oracle_label
+    from common.evaluation import evaluate_model
+    from common.merging import MergeConfig, build_merge
+    from common.model import model_from_state
+    from experiments.lodo_ceiling import (BASE_LABEL, GRID, GRID_LABEL, best_oracle, ceiling, combined,
+                                          grid_weights, oracle_label)
     from experiments.finished_run import load_finished_run
     from experiments.publish import publish
     from safetensors.torch import save_file
@@ -556,7 +561,7 @@ def test_lodo_ceiling_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, cap
                              federation={"eval_only": ["pantry"]}))
     report = ceiling(run, ["task", "tensor"], steps=5, batch_size=8, max_users=30)
     assert report["left_out"] == "pantry" and sorted(report["seen"]) == ["beauty", "sports"]
-    assert set(report["rows"]) == {BASE_LABEL, "task arithmetic", oracle_label("task"),
+    assert set(report["rows"]) == {BASE_LABEL, "task arithmetic", GRID_LABEL, oracle_label("task"),
                                    oracle_label("tensor")}
     assert all(set(r) == {"test", "val"} for r in report["rows"].values())
     assert list(report["run_learned"]) == [TINY["learned"][0]["name"]]
@@ -572,13 +577,28 @@ def test_lodo_ceiling_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, cap
     assert f"- pantry: best oracle {label} {best:.3f}× θ₀ on test" in text
     assert "| task arithmetic | " in text and "(the run's, pseudo-users)" in text
 
-    # silos that sent θ₀ back: every merge of them is θ₀, oracle included
-    base = load_finished_run(run).base
+    # the grid's weights beat every other point of the grid on the validation users it saw
+    finished = load_finished_run(run)
+    pantry, merge = finished.unseen[0], build_merge(MergeConfig(), finished.base, finished.finetuned)
+    val = dataclasses.replace(finished.cfg.eval, split="val", max_users=40)
+
+    def r10(w):
+        model = model_from_state(finished.model_cfg, merge.merged(finished.base, list(w)))
+        return evaluate_model(model, pantry, finished.features["pantry"], val).metrics["recall@10"]
+
+    chosen = grid_weights(finished, pantry, 40)
+    assert len(chosen) == 2 and all(w in GRID for w in chosen)
+    assert all(r10(chosen) >= r10(w) for w in [(0.0, 0.0), (0.3, 0.3), (1.0, 0.0), (0.0, 1.0)])
+
+    # silos that sent θ₀ back: every merge of them is θ₀, oracles included
+    base = finished.base
     for name in ("beauty", "sports"):
         save_file({k: v.clone() for k, v in base.items()}, str(run / "received" / f"{name}.safetensors"))
     same = ceiling(run, ["tensor"], steps=5, batch_size=8, max_users=30)
     assert same["rows"]["task arithmetic"] == same["rows"][BASE_LABEL]
     assert same["rows"][oracle_label("tensor")] == same["rows"][BASE_LABEL]
+    assert same["rows"][GRID_LABEL] == same["rows"][BASE_LABEL]
+    assert same["learned_weights"][GRID_LABEL] == [0.0, 0.0]  # ties: the first point kept
 
     monkeypatch.setattr(publishing, "publish", functools.partial(publish, root=tmp_path / "reports"))
     argv = ["--runs", str(run), "--granularity", "task", "--steps", "3", "--batch-size", "8",
