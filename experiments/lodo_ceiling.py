@@ -139,15 +139,16 @@ def best_oracle(report: dict) -> tuple[str, float]:
 
 def combined(reports: dict[str, dict], settings: dict) -> str:
     head = (f"Merging weights fitted on up to {settings['max_users']} validation users of the "
-            f"left-out domain, {settings['steps']} steps of {settings['batch_size']}; metrics "
-            "on its test split (the same users, their next item). Runs: "
+            f"left-out domain, {settings['steps']} steps of {settings['batch_size']} (the grid: "
+            f"task weights in {list(GRID)} per silo); metrics on its test split (the same users, "
+            "their next item) and, in the last column, on its whole validation split. Runs: "
             + ", ".join(f"`{name}` (`{r['stamp']['commit']}`)" for name, r in reports.items())
             + ".")
     verdict = []
     for r in reports.values():
         label, best = best_oracle(r)
-        verdict.append(f"- {r['left_out']}: best oracle {label} {best:.3f}× θ₀ on test "
-                       f"({'reaches' if best >= TARGET else 'below'} {TARGET}×)")
+        verdict.append(f"- {r['left_out']}: the best oracle ({label}) reaches {best:.3f}× θ₀ on "
+                       f"test ({'at or above' if best >= TARGET else 'below'} {TARGET}×)")
     return "\n\n".join([head, "\n".join(verdict), *(markdown(r) for r in reports.values())])
 
 

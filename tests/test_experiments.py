@@ -574,7 +574,7 @@ def test_lodo_ceiling_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, cap
     text = combined({"r": {**report, "stamp": {"commit": "abc"}}},
                     {"max_users": 30, "steps": 5, "batch_size": 8})
     label, best = best_oracle(report)
-    assert f"- pantry: best oracle {label} {best:.3f}× θ₀ on test" in text
+    assert f"- pantry: the best oracle ({label}) reaches {best:.3f}× θ₀ on test" in text
     assert "| task arithmetic | " in text and "(the run's, pseudo-users)" in text
 
     # the grid's weights beat every other point of the grid on the validation users it saw
