@@ -162,12 +162,14 @@ def plot(reports: dict[str, dict], path: Path) -> Path:
     runs = list(reports.values())
     labels = [*[lb for lb in runs[0]["rows"] if lb != BASE_LABEL], *runs[0]["run_learned"]]
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(labels) * len(runs) + 1.5))
-    height = 0.8 / len(runs)
+    height, lowest = 0.8 / len(runs), 1.0
     for i, r in enumerate(runs):
         values = [ratio(r, r["rows"][lb]["test"] if lb in r["rows"] else r["run_learned"][lb])
                   for lb in labels]
+        lowest = min(lowest, *values)
         ax.barh([j + i * height for j in range(len(labels))], values, height,
                 label=f"left out: {r['left_out']}")
+    ax.set_xlim(lowest - 0.05, TARGET + 0.05)  # the differences are a few percent
     ax.axvline(1.0, color="black", lw=0.8)
     ax.axvline(TARGET, color="red", lw=0.8, ls="--", label=f"{TARGET}× θ₀")
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels)
