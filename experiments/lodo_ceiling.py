@@ -10,7 +10,7 @@ weights its seen silos sent under ``received/``). On it, merging weights over th
 task vectors (θ₀ + Σ_k λ_k ⊙ τ_k, task-, layer- or tensor-wise, started at task arithmetic) are
 fitted with the cross-entropy of the true next item of D's *own* validation users, and, task-wise,
 chosen on a grid by D's validation Recall@10 itself: oracles a new domain cannot run (it has no
-users yet), bounding what any signal could teach a merge in that family. Each oracle is evaluated on D's test split beside θ₀, task
+users yet), what a merge in that family could reach if D's own users taught it. Each oracle is evaluated on D's test split beside θ₀, task
 arithmetic of the same silos and the run's own learned merges (pseudo-users of the seen domains).
 Where the oracle stays below 1.05× θ₀, no merge of those silos' weights reaches the
 leave-one-domain-out target on D. Writes ``<output>/<run>/report.{md,json}`` (reused when the
