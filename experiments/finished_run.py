@@ -25,9 +25,9 @@ from common.settings import ModelConfig
 
 @dataclass
 class FinishedRun:
-    """One finished run: its report, config, seen domains, evaluation-only (``unseen``) domains,
-    every domain's item inputs, θ₀ and the weights each seen silo sent (``received/``), in the
-    order of ``domains``."""
+    """One finished run: its report, config, seen domains, θ₀, the weights each seen silo sent
+    (``received/``, in the order of ``domains``), every domain's item inputs and the
+    evaluation-only (``unseen``) domains."""
 
     report: dict
     cfg: PipelineConfig
@@ -68,8 +68,9 @@ def load_finished_run(bench: Path) -> FinishedRun:
 def reused_or_made(run_dir: Path, out: Path, settings: dict, made_by: dict[str, str],
                    make: Callable[[], dict], text: Callable[[dict], str]) -> dict:
     """An analysis of the finished run ``run_dir`` kept in ``out``: a finished report there on
-    the same run (by the digest of its ``report.json``) with the same ``settings`` is reused;
-    otherwise ``make()`` runs and its report is written with ``text(report)`` as Markdown."""
+    the same run (its path under ``benchmark``, the digest of its ``report.json``, which a rerun
+    rewrites) with the same ``settings`` is reused; otherwise ``make()`` runs and its report is
+    written with ``text(report)`` as Markdown."""
     source = run_dir / "report.json"
     digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
     done = out / "report.json"

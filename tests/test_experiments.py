@@ -2,6 +2,8 @@
 DP and membership inference, mean ± std tables, plots, resume and re-report."""
 
 import dataclasses
+import functools
+import itertools
 import json
 import re
 from pathlib import Path
@@ -242,8 +244,6 @@ def test_experiment_through_the_flower_simulation(tmp_path):
 
 
 def test_oracle_merge_on_a_finished_run(tmp_path, monkeypatch, capsys):
-    import functools
-
     from common.pipeline import run_pipeline
     from experiments import oracle_merge
     from experiments.oracle_merge import run_oracle, summary
@@ -438,8 +438,6 @@ def test_history_rules_score_as_specified():
 
 
 def test_transfer_analysis_on_a_finished_run(tmp_path, monkeypatch, capsys):
-    import functools
-
     from common.evaluation import EvalConfig
     from common.pipeline import run_pipeline
     from experiments import transfer_analysis
@@ -489,8 +487,6 @@ def test_transfer_analysis_on_a_finished_run(tmp_path, monkeypatch, capsys):
 
 
 def test_sasrec_check_on_a_finished_run(tmp_path, monkeypatch, capsys):
-    import functools
-
     from common.pipeline import run_pipeline
     from experiments import sasrec_check
     from experiments.finished_run import load_finished_run
@@ -540,78 +536,86 @@ def test_sasrec_check_on_a_finished_run(tmp_path, monkeypatch, capsys):
     assert {p.name for p in (tmp_path / "reports" / "sc").iterdir()} == {"report.md", "summary.json", "sasrec.png"}
 
 
-def test_lodo_ceiling_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, capsys):
-    import functools
-
-    from common.pipeline import run_pipeline
-    from experiments import lodo_ceiling
-    from experiments import publish as publishing
+def test_lodo_oracle_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, capsys):
     from common.evaluation import evaluate_model
     from common.merging import MergeConfig, build_merge
     from common.model import model_from_state
-    from experiments.lodo_ceiling import (BASE_LABEL, GRID, GRID_LABEL, best_oracle, ceiling, combined,
-                                          grid_weights, oracle_label)
+    from common.pipeline import run_pipeline
+    from experiments import lodo_oracle
+    from experiments import publish as publishing
     from experiments.finished_run import load_finished_run
+    from experiments.lodo_oracle import (BASE_LABEL, GRID, GRID_LABEL, best_merge, combined,
+                                         grid_weights, oracle_label, oracles)
     from experiments.publish import publish
     from safetensors.torch import save_file
     from tests.runs import tiny_config
 
     run = tmp_path / "lodo" / "seed0"
+    learned = TINY["learned"][0]["name"]
     run_pipeline(tiny_config(tmp_path, output_dir=str(run), learned=TINY["learned"][:1],
                              federation={"eval_only": ["pantry"]}))
-    report = ceiling(run, ["task", "tensor"], steps=5, batch_size=8, max_users=30)
+    report = oracles(run, ["task", "tensor"], steps=5, batch_size=8, max_users=30)
     assert report["left_out"] == "pantry" and sorted(report["seen"]) == ["beauty", "sports"]
-    assert set(report["rows"]) == {BASE_LABEL, "task arithmetic", GRID_LABEL, oracle_label("task"),
-                                   oracle_label("tensor")}
+    assert set(report["rows"]) == {BASE_LABEL, "task arithmetic", GRID_LABEL,
+                                   oracle_label("task"), oracle_label("tensor")}
     assert all(set(r) == {"test", "val"} for r in report["rows"].values())
-    assert list(report["run_learned"]) == [TINY["learned"][0]["name"]]
     saved = json.loads((run / "report.json").read_text())
-    # θ₀ and the run's learned merge are the numbers the run itself measured on pantry
+    # θ₀, task arithmetic and the run's learned merge: what the run itself measured on pantry
     assert report["rows"][BASE_LABEL]["test"] == saved["results"][BASE_LABEL]["pantry"]
-    assert report["run_learned"][TINY["learned"][0]["name"]] == \
-        saved["results"][TINY["learned"][0]["name"]]["pantry"]
-    assert len(report["learned_weights"][oracle_label("task")]) == 1  # one weight per silo
+    assert report["run_learned"] == {learned: saved["results"][learned]["pantry"]}
+    assert report["users"] == saved["protocol"]["per_silo"]["pantry"]["users"]
+    assert len(report["learned_weights"][oracle_label("task")]["all"]) == 2  # one per seen silo
     text = combined({"r": {**report, "stamp": {"commit": "abc"}}},
                     {"max_users": 30, "steps": 5, "batch_size": 8})
-    label, best = best_oracle(report)
-    assert f"- pantry: the best oracle ({label}) reaches {best:.3f}× θ₀ on test" in text
+    label, best = best_merge(report)
+    assert label != BASE_LABEL and f"- pantry: {label}, {best:.3f}× θ₀" in text
     assert "| task arithmetic | " in text and "(the run's, pseudo-users)" in text
 
-    # the grid's weights beat every other point of the grid on the validation users it saw
+    # the grid's weights: the best point of the grid on the whole validation split
     finished = load_finished_run(run)
     pantry, merge = finished.unseen[0], build_merge(MergeConfig(), finished.base, finished.finetuned)
-    val = dataclasses.replace(finished.cfg.eval, split="val", max_users=40)
+    val = dataclasses.replace(finished.cfg.eval, split="val")
 
     def r10(w):
         model = model_from_state(finished.model_cfg, merge.merged(finished.base, list(w)))
         return evaluate_model(model, pantry, finished.features["pantry"], val).metrics["recall@10"]
 
-    chosen = grid_weights(finished, pantry, 40)
-    assert len(chosen) == 2 and all(w in GRID for w in chosen)
-    assert all(r10(chosen) >= r10(w) for w in [(0.0, 0.0), (0.3, 0.3), (1.0, 0.0), (0.0, 1.0)])
+    chosen = grid_weights(finished, pantry, merge)
+    assert report["learned_weights"][GRID_LABEL] == chosen
+    assert r10(chosen) == max(r10(w) for w in itertools.product(GRID, repeat=2))
+    assert report["rows"][GRID_LABEL]["val"]["recall@10"] == r10(chosen)
 
-    # silos that sent θ₀ back: every merge of them is θ₀, oracles included
-    base = finished.base
-    for name in ("beauty", "sports"):
-        save_file({k: v.clone() for k, v in base.items()}, str(run / "received" / f"{name}.safetensors"))
-    same = ceiling(run, ["tensor"], steps=5, batch_size=8, max_users=30)
-    assert same["rows"]["task arithmetic"] == same["rows"][BASE_LABEL]
-    assert same["rows"][oracle_label("tensor")] == same["rows"][BASE_LABEL]
-    assert same["rows"][GRID_LABEL] == same["rows"][BASE_LABEL]
-    assert same["learned_weights"][GRID_LABEL] == [0.0, 0.0]  # ties: the first point kept
-
+    # the command: one folder per run, reused with the same settings, published with a plot
     monkeypatch.setattr(publishing, "publish", functools.partial(publish, root=tmp_path / "reports"))
     argv = ["--runs", str(run), "--granularity", "task", "--steps", "3", "--batch-size", "8",
-            "--users", "20", "--output", str(tmp_path / "ceiling")]
-    lodo_ceiling.main(argv)
+            "--users", "20", "--output", str(tmp_path / "oracle")]
+    lodo_oracle.main(argv)
     assert "reused" not in capsys.readouterr().out
-    lodo_ceiling.main([*argv, "--publish", "ceiling"])
+    lodo_oracle.main([*argv, "--publish", "lodo"])
     assert "finished with these settings, reused" in capsys.readouterr().out
-    published = tmp_path / "reports" / "ceiling"
-    assert {p.name for p in published.iterdir()} == {"report.md", "summary.json", "lodo_ceiling.png"}
+    monkeypatch.setattr(lodo_oracle, "GRID", (0.0, 1.0))  # another grid: chosen again
+    lodo_oracle.main(argv)
+    assert "reused" not in capsys.readouterr().out
+    published = tmp_path / "reports" / "lodo"
+    assert {p.name for p in published.iterdir()} == {"report.md", "summary.json", "lodo_oracle.png"}
     assert "### Left out: pantry" in (published / "report.md").read_text()
 
-    full = tmp_path / "full" / "seed0"  # no evaluation-only domain: refused, naming the run
+    # silos that sent θ₀ back: every merge of them is θ₀, the oracles' included
+    for name in ("beauty", "sports"):
+        save_file({k: v.clone() for k, v in finished.base.items()},
+                  str(run / "received" / f"{name}.safetensors"))
+    same = oracles(run, ["tensor"], steps=5, batch_size=8, max_users=30)
+    for label in ("task arithmetic", GRID_LABEL, oracle_label("tensor")):
+        assert same["rows"][label] == same["rows"][BASE_LABEL]
+    assert same["learned_weights"][GRID_LABEL] == [0.0, 0.0]  # ties: the first point kept
+
+    # refused, naming the run: no evaluation-only domain; a run evaluated on validation
+    full = tmp_path / "full" / "seed0"
     run_pipeline(tiny_config(tmp_path, output_dir=str(full), learned=[]))
-    with pytest.raises(SystemExit, match="exactly one evaluation-only domain"):
-        ceiling(full, ["task"], 3, 8, 20)
+    with pytest.raises(SystemExit, match="full/seed0/report.json: .*exactly one evaluation-only"):
+        oracles(full, ["task"], 3, 8, 20)
+    on_val = tmp_path / "val" / "seed0"
+    run_pipeline(tiny_config(tmp_path, output_dir=str(on_val), learned=[], eval={"split": "val"},
+                             federation={"eval_only": ["pantry"]}))
+    with pytest.raises(SystemExit, match="evaluated on the val split"):
+        oracles(on_val, ["task"], 3, 8, 20)

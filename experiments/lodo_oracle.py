@@ -1,20 +1,21 @@
-"""How far can *any* merge of the other silos' models go on a domain left out of training?
+"""Merges of the other silos on a domain left out of training, chosen by that domain's own users.
 
-    python -m experiments.lodo_ceiling [--runs results/lodo/runs/unseen_Beauty/seed0 ...]
-                                       [--granularity task layer tensor] [--steps 800]
-                                       [--batch-size 64] [--users 4000]
-                                       [--output results/lodo-ceiling] [--publish lodo-ceiling]
+    python -m experiments.lodo_oracle [--runs results/lodo/runs/unseen_Beauty/seed0 ...]
+                                      [--granularity task layer tensor] [--steps 800]
+                                      [--batch-size 64] [--users 4000]
+                                      [--output results/lodo-oracle] [--publish lodo-oracle]
 
 Each ``--runs`` folder is a finished leave-one-domain-out run (one evaluation-only domain D; the
-weights its seen silos sent under ``received/``). On it, merging weights over the seen silos'
-task vectors (θ₀ + Σ_k λ_k ⊙ τ_k, task-, layer- or tensor-wise, started at task arithmetic) are
-fitted with the cross-entropy of the true next item of D's *own* validation users, and, task-wise,
-chosen on a grid by D's validation Recall@10 itself: oracles a new domain cannot run (it has no
-users yet), what a merge in that family could reach if D's own users taught it. Each oracle is evaluated on D's test split beside θ₀, task
-arithmetic of the same silos and the run's own learned merges (pseudo-users of the seen domains).
-Where the oracle stays below 1.05× θ₀, no merge of those silos' weights reaches the
-leave-one-domain-out target on D. Writes ``<output>/<run>/report.{md,json}`` (reused when the
-settings and the run match) and the combined ``<output>/report.md``.
+weights its seen silos sent under ``received/``; evaluated on the test split). Merges of the seen
+silos' task vectors (θ₀ + Σ_k λ_k ⊙ τ_k) are chosen with D's *own* validation users, which a
+new domain does not have: task weights searched on a grid by D's whole-validation Recall@10,
+and task-, layer- or tensor-wise weights (started at task arithmetic) fitted with the
+cross-entropy of the true next item of a seeded sample of D's validation users. Each is
+evaluated on D's test split beside θ₀, task arithmetic of the same silos and the run's own
+learned merges (pseudo-users of the seen domains). The grid searches its family on the very
+metric of the leave-one-domain-out target; the fitted weights optimise a loss, not that metric.
+Writes ``<output>/<run>/report.{md,json}`` (reused when the settings and the run match) and the
+combined ``<output>/report.md``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import itertools
 import math
 import time
 from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 from common.data import Domain
 from common.evaluation import evaluate_model
 from common.federated import BASE_LABEL
-from common.merging import MergeConfig, build_merge
+from common.merging import MergeConfig, MergeInit, build_merge
 from common.model import model_from_state
 from experiments.finished_run import FinishedRun, load_finished_run, reused_or_made
 from experiments.oracle_merge import fit_on_users, validation_users
@@ -39,8 +41,6 @@ METRIC = "recall@10"
 TARGET = 1.05
 TASK_ARITHMETIC = "task arithmetic"
 DEFAULT_RUNS = [f"results/lodo/runs/unseen_{d}/seed0" for d in ("Beauty", "Pantry", "Sports")]
-
-
 GRID = (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)
 GRID_LABEL = "oracle task-wise grid (left-out domain's validation Recall@10)"
 
@@ -49,28 +49,30 @@ def oracle_label(granularity: str) -> str:
     return f"oracle {granularity}-wise (left-out domain's validation users)"
 
 
-def grid_weights(run: FinishedRun, target: Domain, max_users: int) -> list[float]:
+def grid_weights(run: FinishedRun, target: Domain, merge: MergeInit) -> list[float]:
     """The task-wise weights in :data:`GRID` (one per seen silo, every combination) with the
-    best Recall@10 on the first ``max_users`` validation users of ``target`` (first best kept)."""
-    merge = build_merge(MergeConfig(), run.base, run.finetuned)
-    cfg = replace(run.cfg.eval, split="val", max_users=max_users)
-    best, best_w = -1.0, list(merge.weights)
-    for w in itertools.product(GRID, repeat=len(run.finetuned)):
+    best Recall@10 on ``target``'s whole validation split (the first best on ties)."""
+    cfg = replace(run.cfg.eval, split="val")
+
+    def recall(w: tuple[float, ...]) -> float:
         model = model_from_state(run.model_cfg, merge.merged(run.base, list(w)))
-        r10 = evaluate_model(model, target, run.features[target.name], cfg).metrics[METRIC]
-        if r10 > best:
-            best, best_w = r10, list(w)
-    return best_w
+        return evaluate_model(model, target, run.features[target.name], cfg).metrics[METRIC]
+
+    return list(max(itertools.product(GRID, repeat=len(merge.vectors)), key=recall))
 
 
-def ceiling(run_dir: Path, granularities: list[str], steps: int, batch_size: int,
+def oracles(run_dir: Path, granularities: list[str], steps: int, batch_size: int,
             max_users: int) -> dict:
-    """θ₀, task arithmetic and each oracle merge on the run's left-out domain (test, and
-    validation where the oracles were fitted), with the run's own learned merges (test)."""
+    """θ₀, task arithmetic and each oracle merge on the run's left-out domain (test, and the
+    whole validation split), with the run's own learned merges (test)."""
     run = load_finished_run(run_dir)
+    source = run_dir / "report.json"
     if len(run.unseen) != 1:
-        raise SystemExit(f"{run_dir / 'report.json'}: leaves out {[d.name for d in run.unseen]}; "
-                         "a leave-one-domain-out run has exactly one evaluation-only domain")
+        raise SystemExit(f"{source}: leaves out {[d.name for d in run.unseen]}; a "
+                         "leave-one-domain-out run has exactly one evaluation-only domain")
+    if run.cfg.eval.split != "test":
+        raise SystemExit(f"{source}: evaluated on the {run.cfg.eval.split} split; the oracles are "
+                         "chosen on validation and reported on test, beside a run's test numbers")
     target, cfg = run.unseen[0], run.cfg
     feats = run.features[target.name]
 
@@ -79,28 +81,38 @@ def ceiling(run_dir: Path, granularities: list[str], steps: int, batch_size: int
         return {split: evaluate_model(model, target, feats, replace(cfg.eval, split=split)).metrics
                 for split in ("test", "val")}
 
-    merge = build_merge(MergeConfig(), run.base, run.finetuned)
-    rows = {BASE_LABEL: scores(run.base), TASK_ARITHMETIC: scores(merge.merged(run.base))}
-    start = time.perf_counter()
-    grid = grid_weights(run, target, max_users)
-    rows[GRID_LABEL], weights, seconds = scores(merge.merged(run.base, grid)), {GRID_LABEL: grid}, {}
-    seconds[GRID_LABEL] = round(time.perf_counter() - start, 1)
-    print(f"{target.name}, {GRID_LABEL}: weights {grid}, test R@10 "
-          f"{rows[GRID_LABEL]['test'][METRIC]:.4f} ({seconds[GRID_LABEL]} s)", flush=True)
-    data = [validation_users(target, feats, run.model_cfg.max_len, max_users, cfg.seed)]
-    for g in granularities:
+    def timed(label: str, make: Callable[[], tuple[dict, object]]) -> None:
         start = time.perf_counter()
-        learned = fit_on_users(run.model_cfg, run.base, run.finetuned, data, g, steps, batch_size,
-                               cfg.seed)
-        label = oracle_label(g)
-        rows[label], weights[label] = scores(learned.state_dict), learned.weights
+        state, weights[label] = make()
+        rows[label] = scores(state)
         seconds[label] = round(time.perf_counter() - start, 1)
         print(f"{target.name}, {label}: test R@10 {rows[label]['test'][METRIC]:.4f} "
               f"({seconds[label]} s)", flush=True)
-    own = {label: run.report["results"][label][target.name] for label in run.report["learned_weights"]}
+
+    merge = build_merge(MergeConfig(), run.base, run.finetuned)
+    rows = {BASE_LABEL: scores(run.base), TASK_ARITHMETIC: scores(merge.merged(run.base))}
+    weights: dict[str, object] = {}
+    seconds: dict[str, float] = {}
+
+    def grid() -> tuple[dict, list[float]]:
+        w = grid_weights(run, target, merge)
+        return merge.merged(run.base, w), w
+
+    timed(GRID_LABEL, grid)
+    data = [validation_users(target, feats, run.model_cfg.max_len, max_users, cfg.seed)]
+    for g in granularities:
+        def fit(g: str = g) -> tuple[dict, object]:
+            learned = fit_on_users(run.model_cfg, run.base, run.finetuned, data, g, steps,
+                                   batch_size, cfg.seed)
+            return learned.state_dict, learned.weights
+
+        timed(oracle_label(g), fit)
+    test_users = len(target.eval_examples("test")[0])
+    own = {label: run.report["results"][label][target.name]
+           for label in run.report["learned_weights"]}
     return {"left_out": target.name, "seen": [d.name for d in run.domains],
-            "users": run.report["protocol"]["per_silo"][target.name]["users"], "rows": rows, "run_learned": own,
-            "learned_weights": weights, "seconds": seconds}
+            "users": min(test_users, cfg.eval.max_users or test_users), "rows": rows,
+            "run_learned": own, "learned_weights": weights, "seconds": seconds}
 
 
 def ratio(report: dict, metrics: dict[str, float], split: str = "test") -> float:
@@ -114,8 +126,8 @@ def standard_error(report: dict) -> float:
 
 
 def markdown(report: dict) -> str:
-    """One left-out domain: every row's test Recall@10 / NDCG@10 and ratio to θ₀, the
-    oracles' validation ratio beside it."""
+    """One left-out domain: every row's test Recall@10 / NDCG@10 and ratio to θ₀, its
+    whole-validation ratio beside it (the run's learned merges: test only)."""
     lines = [f"### Left out: {report['left_out']} (merging {' + '.join(report['seen'])}; "
              f"{report['users']} users, θ₀'s R@10 ± {standard_error(report):.4f})", "",
              "| method | test R@10 | test N@10 | × θ₀ (test) | × θ₀ (validation) |",
@@ -130,25 +142,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def best_oracle(report: dict) -> tuple[str, float]:
-    """The oracle with the highest test ratio to θ₀, and that ratio."""
-    oracles = [label for label in report["rows"] if label.startswith("oracle ")]
-    label = max(oracles, key=lambda o: ratio(report, report["rows"][o]["test"]))
-    return label, ratio(report, report["rows"][label]["test"])
+def best_merge(report: dict) -> tuple[str, float]:
+    """The merge (every row but θ₀, the run's learned merges included) with the highest test
+    ratio to θ₀, and that ratio: picked on test, so an optimistic summary."""
+    tests = {**{lb: r["test"] for lb, r in report["rows"].items() if lb != BASE_LABEL},
+             **report["run_learned"]}
+    label = max(tests, key=lambda lb: ratio(report, tests[lb]))
+    return label, ratio(report, tests[label])
 
 
 def combined(reports: dict[str, dict], settings: dict) -> str:
-    head = (f"Merging weights fitted on up to {settings['max_users']} validation users of the "
-            f"left-out domain, {settings['steps']} steps of {settings['batch_size']} (the grid: "
-            f"task weights in {list(GRID)} per silo); metrics on its test split (the same users, "
-            "their next item) and, in the last column, on its whole validation split. Runs: "
+    head = (f"Task weights searched on the grid {list(GRID)} per silo by the left-out domain's "
+            "Recall@10 on its whole validation split; weights fitted with the cross-entropy of "
+            f"the true next item of {settings['max_users']} of its validation users (a seeded "
+            f"sample), {settings['steps']} steps of {settings['batch_size']}. Metrics on its "
+            "test split (each user's last item; validation: the item before), and on its whole "
+            "validation split in the last column. Runs: "
             + ", ".join(f"`{name}` (`{r['stamp']['commit']}`)" for name, r in reports.items())
             + ".")
-    verdict = []
+    verdict = ["Highest test Recall@10 of any merge of the seen silos (picked on test):"]
     for r in reports.values():
-        label, best = best_oracle(r)
-        verdict.append(f"- {r['left_out']}: the best oracle ({label}) reaches {best:.3f}× θ₀ on "
-                       f"test ({'at or above' if best >= TARGET else 'below'} {TARGET}×)")
+        label, best = best_merge(r)
+        verdict.append(f"- {r['left_out']}: {label}, {best:.3f}× θ₀ "
+                       f"({'at or above' if best >= TARGET else 'below'} {TARGET}×)")
     return "\n\n".join([head, "\n".join(verdict), *(markdown(r) for r in reports.values())])
 
 
@@ -190,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
                     choices=["task", "layer", "tensor"])
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--users", type=int, default=4000, help="validation users of the left-out domain")
-    ap.add_argument("--output", default="results/lodo-ceiling")
+    ap.add_argument("--users", type=int, default=4000,
+                    help="validation users of the left-out domain the weights are fitted on")
+    ap.add_argument("--output", default="results/lodo-oracle")
     ap.add_argument("--publish", metavar="NAME", help="also write experiments/reports/NAME/")
     args = ap.parse_args(argv)
     settings = {"granularities": args.granularity, "steps": args.steps,
@@ -200,12 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     reports = {}
     for run in map(Path, args.runs):
         name = "_".join(run.parts[-2:])
-        reports[name] = reused_or_made(run, out / name, settings, made_by,
-                                       lambda run=run: ceiling(run, **settings), markdown)
-    write_report(out, "Leave one domain out: the ceiling of merging the other silos",
-                 combined(reports, settings),
+        reports[name] = reused_or_made(run, out / name, {**settings, "grid": list(GRID)}, made_by,
+                                       lambda run=run: oracles(run, **settings), markdown)
+    write_report(out, "Leave one domain out: merges of the other silos chosen by the left-out "
+                 "domain's own users", combined(reports, settings),
                  {"settings": settings, "runs": reports}, lambda rep, p: plot(rep["runs"], p),
-                 "lodo_ceiling.png", args.publish)
+                 "lodo_oracle.png", args.publish)
 
 
 if __name__ == "__main__":
