@@ -29,7 +29,7 @@ from common.pipeline import ID_BASELINE, PipelineConfig, run_pipeline
 from common.io import atomic_write_text
 from common.merging import MergeConfig
 from common.report import markdown_table, write_report
-from experiments.publish import publish, stamp
+from experiments.publish import grouped_bars, publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_DOMAINS = ("Beauty", "Sports")  # where the silo models are held to the ID baseline
@@ -220,24 +220,10 @@ def run_seed(cfg: PipelineConfig, out: Path, made_by: dict[str, str] | None = No
 
 def plot(reports: dict[int, dict], path: Path) -> Path:
     """Average Recall@10 of every method, one bar per seed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = list(next(iter(reports.values()))["results"])
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(methods) + 1.2))
-    height = 0.8 / len(reports)
-    for i, (seed, rep) in enumerate(sorted(reports.items())):
-        values = [avg_r10(rep["results"], m) for m in methods]
-        ax.barh([j + i * height for j in range(len(methods))], values, height, label=f"seed {seed}")
-    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(methods))], methods)
-    ax.invert_yaxis()
-    ax.set_xlabel("average Recall@10 over the domains (test)")
-    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0))  # beside the bars, never over them
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    series = {f"seed {seed}": [avg_r10(rep["results"], m) for m in methods]
+              for seed, rep in sorted(reports.items())}
+    return grouped_bars(methods, series, "average Recall@10 over the domains (test)", path)
 
 
 def runs_made_by(reports: dict[int, dict]) -> str:

@@ -35,7 +35,7 @@ from common.merging import MergeConfig, MergeInit, build_merge
 from common.model import model_from_state
 from experiments.finished_run import FinishedRun, load_finished_run, reused_or_made
 from experiments.oracle_merge import fit_on_users, validation_users
-from experiments.publish import stamp, write_report
+from experiments.publish import grouped_bars, stamp, write_report
 
 METRIC = "recall@10"
 TARGET = 1.05
@@ -170,32 +170,14 @@ def combined(reports: dict[str, dict], settings: dict) -> str:
 
 def plot(reports: dict[str, dict], path: Path) -> Path:
     """Test ratio to θ₀ of task arithmetic, the run's learned merges and each oracle, one group
-    of bars per left-out domain, with the target line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    of bars per merge, one bar per left-out domain, with the target line."""
     runs = list(reports.values())
     labels = [*[lb for lb in runs[0]["rows"] if lb != BASE_LABEL], *runs[0]["run_learned"]]
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(labels) * len(runs) + 1.5))
-    height, lowest = 0.8 / len(runs), 1.0
-    for i, r in enumerate(runs):
-        values = [ratio(r, r["rows"][lb]["test"] if lb in r["rows"] else r["run_learned"][lb])
-                  for lb in labels]
-        lowest = min(lowest, *values)
-        ax.barh([j + i * height for j in range(len(labels))], values, height,
-                label=f"left out: {r['left_out']}")
-    ax.set_xlim(lowest - 0.05, TARGET + 0.05)  # the differences are a few percent
-    ax.axvline(1.0, color="black", lw=0.8)
-    ax.axvline(TARGET, color="red", lw=0.8, ls="--", label=f"{TARGET}× θ₀")
-    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("Recall@10 on the left-out domain / θ₀'s (test)")
-    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    series = {f"left out: {r['left_out']}":
+              [ratio(r, r["rows"][lb]["test"] if lb in r["rows"] else r["run_learned"][lb])
+               for lb in labels] for r in runs}
+    return grouped_bars(labels, series, "Recall@10 on the left-out domain / θ₀'s (test)", path,
+                        row_height=0.35 * len(runs), target=TARGET, zoom=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,3 +77,32 @@ def write_report(out: Path, title: str, text: str, report: dict,
     if publish_as:
         where = publish(publish_as, title, text, report, [plot(report, out / plot_name)])
         print(f"published to {where}")
+
+
+def grouped_bars(labels: list[str], series: dict[str, list[float]], xlabel: str, path: Path,
+                 row_height: float = 0.32, target: float | None = None, zoom: bool = False) -> Path:
+    """Horizontal bars, one group per label and one bar per series (legend beside the bars,
+    never over them), saved to ``path``. For ratios to θ₀, ``target`` draws lines at 1 and at
+    ``target``; ``zoom`` sets the axis around the values (differences of a few percent)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, row_height * len(labels) + 1.5))
+    height = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.barh([j + i * height for j in range(len(labels))], values, height, label=name)
+    if target is not None:
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.axvline(target, color="red", lw=0.8, ls="--", label=f"{target}× θ₀")
+    if zoom:
+        lowest = min(1.0, *(v for values in series.values() for v in values))
+        ax.set_xlim(lowest - 0.05, max(target or 1.0, *(max(v) for v in series.values())) + 0.05)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -27,7 +27,7 @@ from common.evaluation.evaluate import evaluate_scores
 from common.model import TextSeqRec, model_from_state
 from common.model.recommender import add_at, pad_sequences, sequence_history_index
 from experiments.finished_run import FinishedRun, load_finished_run
-from experiments.publish import write_report
+from experiments.publish import grouped_bars, write_report
 
 DECAYS = (0.0, 0.2, 0.4, 0.6)
 LAST_BONUS = (0.0, -1.0)     # -1: the last item is pushed out of the top ranks
@@ -176,26 +176,11 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> Path:
     """Each rule's ratio to θ₀ per domain, with the leave-one-domain-out target line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rules, domains = list(report["rules"]), list(report["theta0"])
-    fig, ax = plt.subplots(figsize=(9, 0.3 * len(rules) + 1.5))
-    height = 0.8 / len(domains)
-    for i, d in enumerate(domains):
-        values = [ratio(report["rules"][r][d], report["theta0"][d]) for r in rules]
-        ax.barh([j + i * height for j in range(len(rules))], values, height, label=d)
-    ax.axvline(1.0, color="black", lw=0.8)
-    ax.axvline(1.05, color="red", lw=0.8, ls="--", label="1.05× θ₀")
-    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(rules))], rules)
-    ax.invert_yaxis()
-    ax.set_xlabel("Recall@10 / θ₀'s (validation)")
-    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    rules = list(report["rules"])
+    series = {d: [ratio(report["rules"][r][d], th) for r in rules]
+              for d, th in report["theta0"].items()}
+    return grouped_bars(rules, series, "Recall@10 / θ₀'s (validation)", path, row_height=0.3,
+                        target=1.05)
 
 
 def main(argv: list[str] | None = None) -> None:
