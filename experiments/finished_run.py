@@ -45,7 +45,8 @@ def load_finished_run(bench: Path) -> FinishedRun:
     seen silo."""
     source = bench / "report.json"
     if not source.is_file():
-        raise SystemExit(f"{source}: not found (run python -m experiments.benchmark first)")
+        raise SystemExit(f"{source}: not found (not a finished run's folder: run the benchmark "
+                         "or the experiment first)")
     report = json.loads(source.read_text())
     cfg = from_dict(PipelineConfig, report["config"], str(source))
     every = load_domains(cfg.data)

@@ -21,11 +21,11 @@ combined ``<output>/report.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import time
 from dataclasses import replace
-from collections.abc import Callable
 from pathlib import Path
 
 from common.data import Domain
@@ -35,7 +35,7 @@ from common.merging import MergeConfig, MergeInit, build_merge
 from common.model import model_from_state
 from experiments.finished_run import FinishedRun, load_finished_run, reused_or_made
 from experiments.oracle_merge import fit_on_users, validation_users
-from experiments.publish import grouped_bars, stamp, write_report
+from experiments.publish import grouped_bars, save_and_publish, stamp
 
 METRIC = "recall@10"
 TARGET = 1.05
@@ -81,32 +81,30 @@ def oracles(run_dir: Path, granularities: list[str], steps: int, batch_size: int
         return {split: evaluate_model(model, target, feats, replace(cfg.eval, split=split)).metrics
                 for split in ("test", "val")}
 
-    def timed(label: str, make: Callable[[], tuple[dict, object]]) -> None:
+    merge = build_merge(MergeConfig(), run.base, run.finetuned)
+    rows = {BASE_LABEL: scores(run.base), TASK_ARITHMETIC: scores(merge.merged(run.base))}
+    data = [validation_users(target, feats, run.model_cfg.max_len, max_users, cfg.seed)]
+
+    def grid() -> tuple[dict, object]:
+        w = grid_weights(run, target, merge)
+        return merge.merged(run.base, w), w
+
+    def fit(g: str) -> tuple[dict, object]:
+        learned = fit_on_users(run.model_cfg, run.base, run.finetuned, data, g, steps, batch_size,
+                               cfg.seed)
+        return learned.state_dict, learned.weights
+
+    weights: dict[str, object] = {}
+    seconds: dict[str, float] = {}
+    makers = [(GRID_LABEL, grid), *((oracle_label(g), functools.partial(fit, g))
+                                    for g in granularities)]
+    for label, make in makers:
         start = time.perf_counter()
         state, weights[label] = make()
         rows[label] = scores(state)
         seconds[label] = round(time.perf_counter() - start, 1)
         print(f"{target.name}, {label}: test R@10 {rows[label]['test'][METRIC]:.4f} "
               f"({seconds[label]} s)", flush=True)
-
-    merge = build_merge(MergeConfig(), run.base, run.finetuned)
-    rows = {BASE_LABEL: scores(run.base), TASK_ARITHMETIC: scores(merge.merged(run.base))}
-    weights: dict[str, object] = {}
-    seconds: dict[str, float] = {}
-
-    def grid() -> tuple[dict, list[float]]:
-        w = grid_weights(run, target, merge)
-        return merge.merged(run.base, w), w
-
-    timed(GRID_LABEL, grid)
-    data = [validation_users(target, feats, run.model_cfg.max_len, max_users, cfg.seed)]
-    for g in granularities:
-        def fit(g: str = g) -> tuple[dict, object]:
-            learned = fit_on_users(run.model_cfg, run.base, run.finetuned, data, g, steps,
-                                   batch_size, cfg.seed)
-            return learned.state_dict, learned.weights
-
-        timed(oracle_label(g), fit)
     test_users = len(target.eval_examples("test")[0])
     own = {label: run.report["results"][label][target.name]
            for label in run.report["learned_weights"]}
@@ -201,10 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         name = "_".join(run.parts[-2:])
         reports[name] = reused_or_made(run, out / name, {**settings, "grid": list(GRID)}, made_by,
                                        lambda run=run: oracles(run, **settings), markdown)
-    write_report(out, "Leave one domain out: merges of the other silos chosen by the left-out "
-                 "domain's own users", combined(reports, settings),
-                 {"settings": settings, "runs": reports}, lambda rep, p: plot(rep["runs"], p),
-                 "lodo_oracle.png", args.publish)
+    save_and_publish(out, "Leave one domain out: merges of the other silos chosen by the "
+                     "left-out domain's own users", combined(reports, settings),
+                     {"settings": settings, "runs": reports}, lambda rep, p: plot(rep["runs"], p),
+                     "lodo_oracle.png", args.publish)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from common.io import atomic_write_text
+from common.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "experiments" / "reports"
@@ -65,14 +66,13 @@ def publish(name: str, title: str, markdown: str, summary: dict, plots: list[Pat
     return out
 
 
-def write_report(out: Path, title: str, text: str, report: dict,
-                 plot: Callable[[dict, Path], Path], plot_name: str,
-                 publish_as: str | None) -> None:
-    """Write ``out/report.json`` and ``out/report.md``, print the text and, with
-    ``publish_as``, publish it with ``plot(report, out / plot_name)``."""
+def save_and_publish(out: Path, title: str, text: str, report: dict,
+                     plot: Callable[[dict, Path], Path], plot_name: str,
+                     publish_as: str | None) -> None:
+    """Write ``out/report.{json,md}`` (:func:`common.report.write_report`), print the text and,
+    with ``publish_as``, publish it with ``plot(report, out / plot_name)``."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", text + "\n")
+    write_report(report, out, text)
     print(text)
     if publish_as:
         where = publish(publish_as, title, text, report, [plot(report, out / plot_name)])

@@ -22,7 +22,7 @@ from common.evaluation import EvalConfig, evaluate_model
 from common.model import model_from_state
 from common.training.id_baseline import evaluate_sasrec, sasrec_cached
 from experiments.finished_run import FinishedRun, load_finished_run
-from experiments.publish import write_report
+from experiments.publish import save_and_publish
 
 METRICS = ("recall@10", "ndcg@10")
 PROTOCOLS = {"history kept": False, "history masked": True}
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = load_yaml(SASRecCheckConfig, args.config)
     report = check(cfg, load_finished_run(Path(cfg.benchmark)))
-    write_report(Path(args.output), "Is the ID-based SASRec a fair reference?",
-                 markdown(report, cfg), report, plot, "sasrec.png", args.publish)
+    save_and_publish(Path(args.output), "Is the ID-based SASRec a fair reference?",
+                     markdown(report, cfg), report, plot, "sasrec.png", args.publish)
 
 
 if __name__ == "__main__":

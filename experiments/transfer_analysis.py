@@ -27,7 +27,7 @@ from common.evaluation.evaluate import evaluate_scores
 from common.model import TextSeqRec, model_from_state
 from common.model.recommender import add_at, pad_sequences, sequence_history_index
 from experiments.finished_run import FinishedRun, load_finished_run
-from experiments.publish import grouped_bars, write_report
+from experiments.publish import grouped_bars, save_and_publish
 
 DECAYS = (0.0, 0.2, 0.4, 0.6)
 LAST_BONUS = (0.0, -1.0)     # -1: the last item is pushed out of the top ranks
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--publish", metavar="NAME", help="also write experiments/reports/NAME/")
     args = ap.parse_args(argv)
     report = analyse(Path(args.benchmark), args.users)
-    write_report(Path(args.output), "What could carry over to a new domain", markdown(report),
-                 report, plot, "rules.png", args.publish)
+    save_and_publish(Path(args.output), "What could carry over to a new domain",
+                     markdown(report), report, plot, "rules.png", args.publish)
 
 
 if __name__ == "__main__":
