@@ -25,14 +25,15 @@ import functools
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from common.data import Domain
 from common.evaluation import evaluate_model
 from common.federated import BASE_LABEL
-from common.merging import MergeConfig, MergeInit, build_merge
-from common.model import model_from_state
+from common.merging import MergeConfig, MergeInit, StateDict, build_merge
+from common.model import model_from_state, state_hash
 from experiments.finished_run import FinishedRun, load_finished_run, reused_or_made
 from experiments.oracle_merge import fit_on_users, validation_users
 from experiments.publish import grouped_bars, save_and_publish, stamp
@@ -49,14 +50,31 @@ def oracle_label(granularity: str) -> str:
     return f"oracle {granularity}-wise (left-out domain's validation users)"
 
 
-def grid_weights(run: FinishedRun, target: Domain, merge: MergeInit) -> list[float]:
-    """The task-wise weights in :data:`GRID` (one per seen silo, every combination) with the
-    best Recall@10 on ``target``'s whole validation split (the first best on ties)."""
-    cfg = replace(run.cfg.eval, split="val")
+Metrics = Callable[[StateDict, str], dict[str, float]]
 
+
+def evaluator(run: FinishedRun, target: Domain) -> Metrics:
+    """``metrics(state, split)``: a model's metrics on ``target``'s ``split``, each state (by
+    its hash) evaluated once per split, so the grid's points that are θ₀, task arithmetic or
+    the point it keeps are not evaluated again."""
+    done: dict[tuple[str, str], dict[str, float]] = {}
+
+    def metrics(state: StateDict, split: str) -> dict[str, float]:
+        key = (state_hash(state), split)
+        if key not in done:
+            model = model_from_state(run.model_cfg, state)
+            done[key] = evaluate_model(model, target, run.features[target.name],
+                                       replace(run.cfg.eval, split=split)).metrics
+        return done[key]
+
+    return metrics
+
+
+def grid_weights(merge: MergeInit, base: StateDict, metrics: Metrics) -> list[float]:
+    """The task-wise weights in :data:`GRID` (one per seen silo, every combination) with the
+    best validation Recall@10 by ``metrics`` (the first best on ties)."""
     def recall(w: tuple[float, ...]) -> float:
-        model = model_from_state(run.model_cfg, merge.merged(run.base, list(w)))
-        return evaluate_model(model, target, run.features[target.name], cfg).metrics[METRIC]
+        return metrics(merge.merged(base, list(w)), "val")[METRIC]
 
     return list(max(itertools.product(GRID, repeat=len(merge.vectors)), key=recall))
 
@@ -75,18 +93,17 @@ def oracles(run_dir: Path, granularities: list[str], steps: int, batch_size: int
                          "chosen on validation and reported on test, beside a run's test numbers")
     target, cfg = run.unseen[0], run.cfg
     feats = run.features[target.name]
+    metrics = evaluator(run, target)
 
-    def scores(state: dict) -> dict[str, dict[str, float]]:
-        model = model_from_state(run.model_cfg, state)
-        return {split: evaluate_model(model, target, feats, replace(cfg.eval, split=split)).metrics
-                for split in ("test", "val")}
+    def scores(state: StateDict) -> dict[str, dict[str, float]]:
+        return {split: metrics(state, split) for split in ("test", "val")}
 
     merge = build_merge(MergeConfig(), run.base, run.finetuned)
     rows = {BASE_LABEL: scores(run.base), TASK_ARITHMETIC: scores(merge.merged(run.base))}
     data = [validation_users(target, feats, run.model_cfg.max_len, max_users, cfg.seed)]
 
     def grid() -> tuple[dict, object]:
-        w = grid_weights(run, target, merge)
+        w = grid_weights(merge, run.base, metrics)
         return merge.merged(run.base, w), w
 
     def fit(g: str) -> tuple[dict, object]:
@@ -140,11 +157,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_tests(report: dict) -> dict[str, dict[str, float]]:
+    """Test metrics of every merge: the rows but θ₀, then the run's own learned merges."""
+    return {**{lb: r["test"] for lb, r in report["rows"].items() if lb != BASE_LABEL},
+            **report["run_learned"]}
+
+
 def best_merge(report: dict) -> tuple[str, float]:
-    """The merge (every row but θ₀, the run's learned merges included) with the highest test
-    ratio to θ₀, and that ratio: picked on test, so an optimistic summary."""
-    tests = {**{lb: r["test"] for lb, r in report["rows"].items() if lb != BASE_LABEL},
-             **report["run_learned"]}
+    """The merge (:func:`merge_tests`) with the highest test ratio to θ₀, and that ratio:
+    picked on test, so an optimistic summary."""
+    tests = merge_tests(report)
     label = max(tests, key=lambda lb: ratio(report, tests[lb]))
     return label, ratio(report, tests[label])
 
@@ -170,10 +192,9 @@ def plot(reports: dict[str, dict], path: Path) -> Path:
     """Test ratio to θ₀ of task arithmetic, the run's learned merges and each oracle, one group
     of bars per merge, one bar per left-out domain, with the target line."""
     runs = list(reports.values())
-    labels = [*[lb for lb in runs[0]["rows"] if lb != BASE_LABEL], *runs[0]["run_learned"]]
-    series = {f"left out: {r['left_out']}":
-              [ratio(r, r["rows"][lb]["test"] if lb in r["rows"] else r["run_learned"][lb])
-               for lb in labels] for r in runs}
+    labels = list(merge_tests(runs[0]))
+    series = {f"left out: {r['left_out']}": [ratio(r, merge_tests(r)[lb]) for lb in labels]
+              for r in runs}
     return grouped_bars(labels, series, "Recall@10 on the left-out domain / θ₀'s (test)", path,
                         row_height=0.35 * len(runs), target=TARGET, zoom=True)
 

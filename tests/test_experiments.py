@@ -545,7 +545,7 @@ def test_lodo_oracle_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, caps
     from experiments import publish as publishing
     from experiments.finished_run import load_finished_run
     from experiments.lodo_oracle import (BASE_LABEL, GRID, GRID_LABEL, best_merge, combined,
-                                         grid_weights, oracle_label, oracles)
+                                         evaluator, grid_weights, oracle_label, oracles)
     from experiments.publish import publish
     from safetensors.torch import save_file
     from tests.runs import tiny_config
@@ -580,10 +580,19 @@ def test_lodo_oracle_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, caps
         model = model_from_state(finished.model_cfg, merge.merged(finished.base, list(w)))
         return evaluate_model(model, pantry, finished.features["pantry"], val).metrics["recall@10"]
 
-    chosen = grid_weights(finished, pantry, merge)
+    chosen = grid_weights(merge, finished.base, evaluator(finished, pantry))
     assert report["learned_weights"][GRID_LABEL] == chosen
     assert r10(chosen) == max(r10(w) for w in itertools.product(GRID, repeat=2))
     assert report["rows"][GRID_LABEL]["val"]["recall@10"] == r10(chosen)
+    # each state is evaluated once per split (known by its weights, not by the object)
+    calls = []
+    monkeypatch.setattr(lodo_oracle, "evaluate_model",
+                        lambda *a: calls.append(a) or evaluate_model(*a))
+    metrics = evaluator(finished, pantry)
+    first = metrics(finished.base, "val")
+    assert metrics({k: v.clone() for k, v in finished.base.items()}, "val") == first
+    assert len(calls) == 1
+    assert metrics(finished.base, "test") == report["rows"][BASE_LABEL]["test"] and len(calls) == 2
 
     # the command: one folder per run, reused with the same settings, published with a plot
     monkeypatch.setattr(publishing, "publish", functools.partial(publish, root=tmp_path / "reports"))
