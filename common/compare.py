@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .data import Domain, DataError, load_mergerec_json, load_recbole
+from .data import Domain, DataError, load_path
 from .model import model_from_state
 from .package import PackageInfo, load_package
 from .recommend import Catalogue, Recommender
@@ -20,10 +20,7 @@ TOP = 10
 
 
 def _domain(path: str | Path) -> Domain:
-    path = Path(path)
-    if path.is_dir() and any(path.glob("*.inter")):
-        return load_recbole(path)
-    return load_mergerec_json(path, cache_dir=default_cache() / "data")
+    return load_path(path, cache_dir=default_cache() / "data")
 
 
 def compare_report(packages: dict[str, str], weights: dict[str, str], domain_path: str | Path,

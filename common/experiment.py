@@ -8,7 +8,7 @@ from typing import Mapping
 
 from .config import ConfigError, load_yaml
 from .runtime import set_progress
-from .data import Domain, load_mergerec_json, load_recbole, make_synthetic_domains, subsample_users
+from .data import Domain, load_path, make_synthetic_domains, subsample_users
 from .privacy import hold_out_users
 from .settings import DataConfig, DomainSource, DPConfig, PipelineConfig
 
@@ -31,11 +31,9 @@ def split_holdout(cfg: DataConfig, domain: Domain) -> tuple[Domain, Domain | Non
 
 
 def load_source(src: DomainSource, cache_dir: str | Path) -> Domain:
-    """Load a domain from its source (MergeRec JSON folder/.tar.gz or RecBole atomic files)."""
-    if src.format == "mergerec_json":
-        domain = load_mergerec_json(src.path, src.name, cache_dir=Path(cache_dir) / "data")
-    else:
-        domain = load_recbole(src.path, src.name)
+    """Load a domain from its source (a folder or .tar.gz in one of :data:`common.data.FORMATS`)."""
+    domain = load_path(src.path, src.format, src.name, Path(cache_dir) / "data",
+                       src.description_chars)
     if src.max_users is not None:
         domain = subsample_users(domain, src.max_users, src.sample_seed)
     return domain

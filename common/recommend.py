@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .backbone import item_inputs
-from .data import DataError, load_mergerec_json, load_recbole
+from .data import DataError, load_path
 from .model import TextSeqRec, pad_sequences
 from .package import PackageInfo, load_package
 from .runtime import compute_device
@@ -70,10 +70,7 @@ def load_catalogue(path: str | Path, cache_dir: str | Path | None = None) -> Cat
     path = Path(path)
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
         return _read_table(path)
-    if path.is_dir() and any(path.glob("*.inter")):
-        domain = load_recbole(path)
-    else:
-        domain = load_mergerec_json(path, cache_dir=Path(cache_dir or default_cache()) / "data")
+    domain = load_path(path, cache_dir=Path(cache_dir or default_cache()) / "data")
     ids = domain.item_keys or [str(i) for i in range(domain.num_items)]
     return Catalogue(domain.name, list(ids), list(domain.item_texts))
 

@@ -2,6 +2,8 @@
 
 from .domain import DataError, Domain, Split
 from .export import write_mergerec_json
+from .formats import FORMATS, detect_format, load_path
+from .lcrec import load_lcrec
 from .mergerec_json import load_mergerec_json
 from .recbole import load_recbole
 from .subsample import subsample_users
@@ -9,11 +11,15 @@ from .synthetic import SyntheticConfig, make_synthetic_domains
 from .validation import validate_domain
 
 __all__ = [
+    "FORMATS",
     "DataError",
     "Domain",
     "Split",
     "SyntheticConfig",
+    "detect_format",
+    "load_lcrec",
     "load_mergerec_json",
+    "load_path",
     "load_recbole",
     "make_synthetic_domains",
     "subsample_users",

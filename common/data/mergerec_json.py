@@ -25,7 +25,7 @@ MAX_EXTRACTED_BYTES = 4 << 30  # a domain archive unpacks to at most this many b
 MAX_EXPANSION = 100.0  # ... and to at most this many times its own size (real ones: about 4)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """A UTF-8 JSON document; duplicate object keys, other encodings and absurd nesting are
     :class:`DataError` naming the file."""
     if not path.is_file():
@@ -65,10 +65,11 @@ def archive_digest(archive: Path) -> str:
 
 
 def extract_archive(archive: Path, cache_dir: Path, max_bytes: int = MAX_EXTRACTED_BYTES,
-                    max_ratio: float = MAX_EXPANSION) -> Path:
+                    max_ratio: float = MAX_EXPANSION, marker: str = "train.json") -> Path:
     """Unpack ``archive`` (a ``.tar.gz`` with one domain folder) once into ``cache_dir``,
-    keyed by its content. Refused before anything is written: members that would expand
-    beyond ``max_bytes`` in total or ``max_ratio`` times the archive's size, links, devices."""
+    keyed by its content, and return the one folder holding a file matching ``marker`` (a
+    glob). Refused before anything is written: members that would expand beyond
+    ``max_bytes`` in total or ``max_ratio`` times the archive's size, links, devices."""
     if not archive.is_file():
         raise DataError(f"{archive}: archive not found")
     name = archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
@@ -96,9 +97,10 @@ def extract_archive(archive: Path, cache_dir: Path, max_bytes: int = MAX_EXTRACT
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
         done.touch()
-    candidates = [p.parent for p in target.rglob("train.json")]
+    candidates = sorted({p.parent for p in target.rglob(marker)})
     if len(candidates) != 1:
-        raise DataError(f"{archive}: expected exactly one folder with train.json inside")
+        raise DataError(f"{archive}: expected exactly one folder with {marker} inside, "
+                        f"found {len(candidates)}")
     return candidates[0]
 
 
@@ -139,11 +141,11 @@ def load_mergerec_json(
     for f in REQUIRED_FILES:
         if not (folder / f).is_file():
             raise DataError(f"{folder / f}: required file is missing")
-    smap = _read_json(folder / "smap.json")
-    meta = _read_json(folder / "meta_data.json")
-    train_raw = _read_json(folder / "train.json")
-    val_raw = _read_json(folder / "val.json")
-    test_raw = _read_json(folder / "test.json")
+    smap = read_json(folder / "smap.json")
+    meta = read_json(folder / "meta_data.json")
+    train_raw = read_json(folder / "train.json")
+    val_raw = read_json(folder / "val.json")
+    test_raw = read_json(folder / "test.json")
     for fname, obj in (("smap.json", smap), ("meta_data.json", meta), ("train.json", train_raw),
                        ("val.json", val_raw), ("test.json", test_raw)):
         if not isinstance(obj, dict):

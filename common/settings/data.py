@@ -32,14 +32,25 @@ class SyntheticConfig:
 
 @dataclass
 class DomainSource:
-    """Where one domain comes from; ``max_users`` keeps a fixed random sample of that many
-    users and the items they touched (:func:`common.data.subsample_users`)."""
+    """Where one domain comes from (``format``: ``auto`` tells it by the files);
+    ``max_users`` keeps a fixed random sample of that many users and the items they touched
+    (:func:`common.data.subsample_users`); ``description_chars`` > 0 adds an LC-Rec item's
+    description, cut to that many characters, to its text."""
 
     name: str
-    format: Literal["mergerec_json", "recbole"] = "mergerec_json"
+    format: Literal["mergerec_json", "recbole", "lcrec", "auto"] = "mergerec_json"
     path: str = ""
     max_users: int | None = None
     sample_seed: int = 0
+    description_chars: int = 0
+
+    def __post_init__(self) -> None:
+        if self.description_chars < 0:
+            raise ValueError(f"data source {self.name}: description_chars must be >= 0, "
+                             f"got {self.description_chars}")
+        if self.description_chars and self.format not in ("lcrec", "auto"):
+            raise ValueError(f"data source {self.name}: description_chars applies to the lcrec "
+                             f"format only, not {self.format}")
 
 
 @dataclass
