@@ -36,7 +36,7 @@ def compare_report(packages: dict[str, str], weights: dict[str, str], domain_pat
     recs: dict[str, Recommender] = {}
     first: PackageInfo | None = None
     for name, folder in packages.items():
-        model, info = load_package(folder)
+        model, info = load_package(folder, catalogue.texts)
         first = first or info
         recs[name] = Recommender(model, info, catalogue)
     for name, path in weights.items():

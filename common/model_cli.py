@@ -57,6 +57,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     histories = read_histories(Path(args.histories)) if args.histories else [args.history]
     rec = Recommender.open(args.model, args.catalogue)
     recs = rec.recommend(histories, args.k, args.exclude)
+    path = "its new-domain path" if rec.route == "new domain" else "its own weights"
+    print(f"catalogue {rec.catalogue.name}: {rec.route}, served by {path}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"history": h, "items": [vars(r) for r in items]}
                           for h, items in zip(histories, recs)], indent=2, ensure_ascii=False))

@@ -121,6 +121,7 @@ class Recommender:
     def __init__(self, model: TextSeqRec, info: PackageInfo, catalogue: Catalogue,
                  cache_dir: str | Path | None = None) -> None:
         self.model, self.info, self.catalogue = model, info, catalogue
+        self.route = info.route(catalogue.texts)  # which of the package's paths serves it
         inputs = item_inputs(catalogue.texts, info.encoder, info.model, info.center_features,
                              Path(cache_dir or default_cache()) / "features", catalogue.name)
         self.device = compute_device()  # moved once: requests served in threads share it
@@ -134,8 +135,8 @@ class Recommender:
     @classmethod
     def open(cls, model_dir: str | Path, catalogue: str | Path | Catalogue,
              cache_dir: str | Path | None = None) -> "Recommender":
-        model, info = load_package(model_dir)
         cat = catalogue if isinstance(catalogue, Catalogue) else load_catalogue(catalogue, cache_dir)
+        model, info = load_package(model_dir, cat.texts)
         return cls(model, info, cat, cache_dir)
 
     @torch.no_grad()

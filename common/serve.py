@@ -114,11 +114,13 @@ def create_app(recommenders: dict[tuple[str, str], Recommender], max_batch: int 
 
     @app.get("/models")
     def model_info() -> dict:
-        out = {}
-        for (name, _), rec in recommenders.items():
+        out: dict[str, dict] = {}
+        for (name, catalogue), rec in recommenders.items():
             info = rec.info
-            out[name] = {"label": info.label, "kind": info.kind, "encoder": info.encoder_id,
-                         "base_hash": info.base_hash, "metrics": info.metrics}
+            out.setdefault(name, {"label": info.label, "kind": info.kind,
+                                  "encoder": info.encoder_id, "base_hash": info.base_hash,
+                                  "metrics": info.metrics, "trained_on": sorted(info.trained_on),
+                                  "routes": {}})["routes"][catalogue] = rec.route
         return out
 
     @app.post("/recommend")
@@ -147,9 +149,8 @@ def load_recommenders(model_dirs: list[str], catalogues: dict[str, str]
     loaded: dict[str, Catalogue] = {name: load_catalogue(path) for name, path in catalogues.items()}
     out = {}
     for folder in model_dirs:
-        model, info = load_package(folder)
-        for name, cat in loaded.items():
-            out[(Path(folder).name, name)] = Recommender(model, info, cat)
+        for name, cat in loaded.items():  # each catalogue on its package's route
+            out[(Path(folder).name, name)] = Recommender(*load_package(folder, cat.texts), cat)
     return out
 
 

@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "experiments/configs/pipelines/amazon3.yaml"))
     parser.add_argument("--output", help="results folder (default results/benchmark/<config name>)")
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/amazon"),
-                        help="folder with <Domain>.tar.gz (default: ../shared/data/amazon)")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data"),
+                        help="base of the source paths (default: ../shared/data)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the config's)")
     parser.add_argument("--publish", metavar="NAME",
                         help="write the combined report to experiments/reports/NAME/")

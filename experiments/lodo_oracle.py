@@ -1,6 +1,6 @@
 """Merges of the other silos on a domain left out of training, chosen by that domain's own users.
 
-    python -m experiments.lodo_oracle [--runs results/lodo/runs/unseen_Beauty/seed0 ...]
+    python -m experiments.lodo_oracle [--runs results/lodo3/runs/unseen_Beauty/seed0 ...]
                                       [--granularity task layer tensor] [--steps 800]
                                       [--batch-size 64] [--users 4000]
                                       [--output results/lodo-oracle] [--publish lodo-oracle]
@@ -41,7 +41,7 @@ from experiments.publish import grouped_bars, save_and_publish, stamp
 METRIC = "recall@10"
 TARGET = 1.05
 TASK_ARITHMETIC = "task arithmetic"
-DEFAULT_RUNS = [f"results/lodo/runs/unseen_{d}/seed0" for d in ("Beauty", "Pantry", "Sports")]
+DEFAULT_RUNS = [f"results/lodo3/runs/unseen_{d}/seed0" for d in ("Beauty", "Pantry", "Sports")]
 GRID = (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)
 GRID_LABEL = "oracle task-wise grid (left-out domain's validation Recall@10)"
 

@@ -1,6 +1,6 @@
 """Merging weights fitted on *real* validation users: a non-private reference for learned merging.
 
-    python -m experiments.oracle_merge [--benchmark results/benchmark/benchmark] [--seeds 0 1]
+    python -m experiments.oracle_merge [--benchmark results/benchmark/benchmark3] [--seeds 0 1]
                                        [--output results/oracle-merge] [--publish oracle-merge]
 
 On a finished benchmark's fine-tuned weights (each seed's ``received/`` folder), the merging weights
@@ -134,7 +134,7 @@ def oracle_seed(bench: Path, out: Path, settings: dict, made_by: dict[str, str])
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--benchmark", default="results/benchmark/benchmark",
+    ap.add_argument("--benchmark", default="results/benchmark/benchmark3",
                     help="a benchmark's results folder, with one seed<k>/ per seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--output", default="results/oracle-merge")

@@ -34,7 +34,7 @@ class SASRecCheckConfig:
     """What to compare: a finished benchmark seed, its domains to check, SASRec variants (each
     a change to the benchmark's ``id_baseline``) and published numbers with their source."""
 
-    benchmark: str = "results/benchmark/benchmark/seed0"
+    benchmark: str = "results/benchmark/benchmark3/seed0"
     domains: list[str] = field(default_factory=lambda: ["Beauty", "Sports"])
     variants: dict[str, dict] = field(default_factory=lambda: {"benchmark": {}})
     published: dict[str, dict[str, float]] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """What could carry over to a domain no silo trained on? Two measurements on a finished
 benchmark seed, on the validation split (an analysis, not a merge):
 
-    python -m experiments.transfer_analysis [--benchmark results/benchmark/benchmark/seed0]
+    python -m experiments.transfer_analysis [--benchmark results/benchmark/benchmark3/seed0]
                                             [--users 10000] [--publish transfer-analysis]
 
 1. **Domain-agnostic history rules** over θ₀'s item vectors: the user vector is a recency-weighted
@@ -185,7 +185,7 @@ def plot(report: dict, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--benchmark", default="results/benchmark/benchmark/seed0",
+    ap.add_argument("--benchmark", default="results/benchmark/benchmark3/seed0",
                     help="a finished benchmark seed's folder")
     ap.add_argument("--users", type=int, default=10000, help="validation users per domain")
     ap.add_argument("--output", default="results/transfer-analysis")

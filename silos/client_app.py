@@ -1,8 +1,8 @@
-"""The silo ClientApp: one private domain behind four message handlers.
+"""The silo ClientApp: one private domain behind five message handlers.
 
 ``query.info`` (name and role), ``train`` (fine-tune from the received θ₀), ``query.distill``
-(answer coordinator-made pseudo-users) and ``evaluate`` (metrics of received models on the private
-split). Each handler is a thin wrapper over :class:`common.federated.Silo`.
+(answer coordinator-made pseudo-users), ``evaluate`` (metrics of received models on the private
+split) and ``query.validate`` (the same on the validation split, to choose among candidates). Each handler is a thin wrapper over :class:`common.federated.Silo`.
 
 Who the silo is and what it answers: in deployment only from the SuperNode's node config
 (``silo``, ``data-dir``, optional ``format``, ``work-dir``, ``eval-only``, ``audit-dir``,
@@ -25,8 +25,8 @@ from safetensors.numpy import save_file
 
 from common.config import to_dict
 from common.experiment import config_from_run, load_domain, load_source
-from common.federated import (EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused, Silo, SiloConfig,
-                              SiloPolicy)
+from common.federated import (EVALUATE, INFO, QUERY, TRAIN, VALIDATE, Payload, QueryRefused, Silo,
+                              SiloConfig, SiloPolicy)
 from common.federated.silo import policy_from
 from common.pipeline import simulated_silo_config
 from common.settings import DomainSource
@@ -62,7 +62,8 @@ POLICY_KEYS = {  # node config key -> SiloPolicy field (flat keys, as Flower's n
     "query-budget": "query_budget", "min-users": "min_users", "share-weights": "share_weights",
     "max-rows-per-message": "max_rows_per_message", "metric-epsilon": "metric_epsilon",
     "max-models-per-message": "max_models_per_message", "max-model-values": "max_model_values",
-    "max-answer-topk": "max_answer_topk",
+    "max-answer-topk": "max_answer_topk", "answer-validation": "answer_validation",
+    "validation-max-users": "validation_max_users",
 }
 BUDGET_KEYS = {"budget-eval-calls": "eval_calls", "budget-models": "models_evaluated",
                "budget-rows": "distill_rows"}
@@ -201,3 +202,9 @@ def distill(msg: Message, ctx: Context) -> Message:
 def evaluate(msg: Message, ctx: Context) -> Message:
     """Aggregate metrics of the received models on the silo's private split."""
     return _serve(EVALUATE, msg, ctx)
+
+
+@app.query("validate")
+def validate(msg: Message, ctx: Context) -> Message:
+    """Recall/NDCG@10 of candidate models on the silo's validation split (choosing among them)."""
+    return _serve(VALIDATE, msg, ctx)

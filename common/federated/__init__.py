@@ -8,11 +8,11 @@ from .coordinator import (BASE_LABEL, IN_DOMAIN_LABEL, Federation, FederationErr
                           build_pseudo_data, run_coordinator)
 from .ledger import Ledger
 from .local import LocalFederation
-from .protocol import (EVALUATE, INFO, MESSAGE_KINDS, QUERY, TRAIN, Failure, Payload, QueryRefused,
+from .protocol import (EVALUATE, INFO, MESSAGE_KINDS, QUERY, TRAIN, VALIDATE, Failure, Payload, QueryRefused,
                        RunSettings)
 from .silo import OWN_TRAIN_METRIC, Silo, SiloConfig, SiloPolicy
 
-__all__ = ["BASE_LABEL", "EVALUATE", "IN_DOMAIN_LABEL", "INFO", "MESSAGE_KINDS", "OWN_TRAIN_METRIC", "QUERY", "TRAIN", "Failure", "Federation",
+__all__ = ["BASE_LABEL", "EVALUATE", "IN_DOMAIN_LABEL", "INFO", "MESSAGE_KINDS", "OWN_TRAIN_METRIC", "QUERY", "TRAIN", "VALIDATE", "Failure", "Federation",
            "FederationError", "Ledger", "LocalFederation", "Payload", "QueryRefused", "RunSettings",
            "Silo", "SiloConfig", "SiloPolicy", "build_pseudo_data", "check_update", "check_vectors",
            "run_coordinator"]

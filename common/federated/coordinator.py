@@ -19,147 +19,37 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol, TypeVar
+from dataclasses import replace
+from typing import Callable
 
 import torch
 
 from ..backbone import item_inputs, resolve_base
 from ..config import to_dict
 from ..distill import DomainPseudoData, LearnResult, learn_merge_weights
-from ..io import RunOutputs, atomic_save_safetensors, atomic_write_text
+from ..io import RunOutputs, atomic_write_text
 from ..merging import build_merge
 from ..model import ModelConfig, TextSeqRec, model_from_state, state_hash
 from ..data.domain import texts_hash
-from ..model.recommender import ItemInputs
-from ..package import PackageInfo, finish_package, save_weights
+from ..package import PackageInfo, add_new_domain_route, finish_package
 from ..report import Stages, peak_rss_mb, write_report
 from ..text import make_encoder
 from .checks import check_update, check_vectors, non_finite, norm_outliers, task_vector_norm
-from ..settings import CoordinatorConfig, LearnedMergeSpec
+from ..settings import CoordinatorConfig, LearnedMergeSpec, ServingConfig
 from .ledger import Ledger
-from .pool import BASE_LABEL, IN_DOMAIN_LABEL, ModelEntry, ModelPool, finetuned_label
+from .pool import (BASE_LABEL, IN_DOMAIN_LABEL, NEW_DOMAIN_LABEL, ModelEntry, ModelPool,
+                   finetuned_label)
 from .protocol import (EVALUATE, TRAIN, EvalRequest, Failure, Payload, RunSettings, TrainRequest,
                        decode_eval_reply, decode_train_reply, encode_eval_request,
                        encode_train_request, layout_of)
+from .run import Federation, FederationError, Run, Session, StateDict, safe_name
+from .selection import new_domain_path, tune_merges
 from .teachers import AnswerCheck, ask_silos, build_pseudo_data
 
-StateDict = dict[str, torch.Tensor]
-T = TypeVar("T")
 Extra = Callable[[StateDict, ModelConfig], dict[str, StateDict]]
 
 __all__ = ["BASE_LABEL", "IN_DOMAIN_LABEL", "Federation", "FederationError", "build_pseudo_data",
            "run_coordinator", "safe_name"]
-
-
-class FederationError(RuntimeError):
-    """The run cannot go on (too few silos left); the message says which failed and why."""
-
-
-class Federation(Protocol):
-    """A transport to the silos."""
-
-    rejected: list[Failure]  # nodes refused when connecting (unknown or duplicate names)
-
-    def roles(self) -> dict[str, str]:
-        """Silo name → ``"train"`` or ``"eval"`` (evaluation-only), for every connected silo."""
-        ...
-
-    def send(self, kind: str, requests: dict[str, Payload], timeout: float
-             ) -> dict[str, Payload | Failure]:
-        """Send one request per named silo at once; replies or failures by silo name
-        (a silo missing from the result did not answer within ``timeout``)."""
-        ...
-
-
-def safe_name(label: str) -> str:
-    """A file-name-safe version of a method label."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_")
-
-
-class _Session:
-    """Message exchange with failure bookkeeping and the ledger."""
-
-    def __init__(self, fed: Federation, log: Callable[[str], None], ledger: Ledger) -> None:
-        self.fed = fed
-        self.log = log
-        self.ledger = ledger
-        self.failures: list[Failure] = []
-
-    def fail(self, failure: Failure) -> None:
-        self.failures.append(failure)
-        self.log(f"silo {failure.silo} failed during {failure.stage}: {failure.reason}")
-
-    def guard(self, silo: str, stage: str, fn: Callable[[], T]) -> T | None:
-        """``fn()``, or ``None`` with the silo's failure recorded whatever ``fn`` raised."""
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - one bad reply must never stop the run
-            self.fail(Failure(silo, stage, f"{type(exc).__name__}: {exc}"))
-            return None
-
-    def exchange(self, stage: str, kind: str, requests: dict[str, Payload], timeout: float
-                 ) -> dict[str, Payload]:
-        replies = self.fed.send(kind, requests, timeout) if requests else {}
-        ok: dict[str, Payload] = {}
-        for name in requests:
-            reply = replies.get(name) or Failure(name, stage, f"no reply within {timeout:.0f} s "
-                                                 "(timed out or disconnected)")
-            if isinstance(reply, Failure):
-                self.ledger.record(name, kind, None, reply.reason)
-                self.fail(replace(reply, stage=stage))
-            else:
-                self.ledger.record(name, kind, reply)
-                ok[name] = reply
-        return ok
-
-
-@dataclass
-class _Run:
-    """What every phase shares: settings, θ₀, the session, timings, staged outputs."""
-
-    cfg: CoordinatorConfig
-    session: _Session
-    roles: dict[str, str]
-    model_cfg: ModelConfig
-    base: StateDict
-    run: RunSettings
-    outputs: RunOutputs | None
-    stages: Stages = field(default_factory=Stages)
-    features: dict[str, ItemInputs] = field(default_factory=dict)
-    training: dict[str, dict[str, float]] = field(default_factory=dict)
-    learned_weights: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    catalogues: dict[str, str] = field(default_factory=dict)
-    made_by: dict[str, dict] = field(default_factory=dict)
-
-    @property
-    def base_hash(self) -> str:
-        return state_hash(self.base)
-
-    def trainers(self) -> list[str]:
-        return [n for n, r in self.roles.items() if r == "train"]
-
-    def require(self, stage: str, have: list[str]) -> None:
-        need = max(1, self.cfg.federation.min_silos or len(self.trainers()))
-        if len(have) < need:
-            reasons = "; ".join(f"{f.silo} ({f.stage}): {f.reason}" for f in self.session.failures)
-            raise FederationError(f"{stage}: only {len(have)} training silo(s) left {have}, "
-                                  f"at least {need} needed. Failures: {reasons or 'none'}")
-
-    def save(self, relative: str, state: StateDict, **meta: str) -> None:
-        if self.outputs is not None:
-            atomic_save_safetensors(state, self.outputs.path(relative),
-                                    metadata={"base_hash": self.base_hash, **meta})
-
-    def keep(self, pool: ModelPool, entry: ModelEntry, made_by: dict) -> None:
-        """Add a model to the pool and, for everything but the silos' own models, write its
-        weights to ``models/<name>/`` at once (the package is finished after evaluation)."""
-        pool.add(entry)
-        if entry.kind != "finetuned":
-            self.made_by[entry.label] = made_by
-            if self.outputs is not None:
-                save_weights(self.outputs.path(f"models/{safe_name(entry.label)}"), entry.state,
-                             entry.label)
 
 
 def run_coordinator(cfg: CoordinatorConfig, fed: Federation, extra_models: Extra | None = None,
@@ -180,6 +70,10 @@ def run_coordinator(cfg: CoordinatorConfig, fed: Federation, extra_models: Extra
     add_baselines(ctx, pool, extra_models)
     training_free_merges(ctx, pool)
     learned_merges(ctx, pool)
+    if cfg.new_domain is not None:
+        choice = ctx.stages.run("choose the new-domain path on validation", new_domain_path, ctx,
+                                pool, cfg.new_domain)
+        ctx.choices[NEW_DOMAIN_LABEL] = to_dict(choice)
     per_silo, protocol = evaluate_in_silos(ctx, pool)
     report = build_report(ctx, pool, per_silo, protocol)
     if outputs is not None:
@@ -190,10 +84,10 @@ def run_coordinator(cfg: CoordinatorConfig, fed: Federation, extra_models: Extra
 
 
 def _start(cfg: CoordinatorConfig, fed: Federation, log: Callable[[str], None], ledger: Ledger,
-           outputs: RunOutputs | None) -> _Run:
+           outputs: RunOutputs | None) -> Run:
     """θ₀ and the accepted silos: only the run's domains, in its order (any other name the
     transport reports is a recorded failure)."""
-    session = _Session(fed, log, ledger)
+    session = Session(fed, log, ledger)
     for failure in getattr(fed, "rejected", []):
         session.fail(failure)
     order = {n: i for i, n in enumerate(cfg.domains)}
@@ -209,13 +103,13 @@ def _start(cfg: CoordinatorConfig, fed: Federation, log: Callable[[str], None], 
     if cfg.federation.catalogue == "vectors" and model_cfg.text_layers:
         raise ValueError("catalogue 'vectors' shares frozen item vectors; with trainable text "
                          "encoder layers (model.text_layers > 0) the silos must share item texts")
-    ctx = _Run(cfg, session, roles, model_cfg, base,
+    ctx = Run(cfg, session, roles, model_cfg, base,
                RunSettings(cfg.encoder, cfg.center_features, model_cfg), outputs, Stages(log))
     ctx.require("start", ctx.trainers())
     return ctx
 
 
-def collect_updates(ctx: _Run) -> ModelPool:
+def collect_updates(ctx: Run) -> ModelPool:
     """Phase 1: send θ₀, check every update (decoding, θ₀ layout and hash, finite values,
     catalogue, task-vector norm against the others'); the pool holds θ₀ and the accepted
     fine-tuned models."""
@@ -252,7 +146,7 @@ def collect_updates(ctx: _Run) -> ModelPool:
     return pool
 
 
-def _checked_update(ctx: _Run, name: str, payload: Payload):  # type: ignore[no-untyped-def]
+def _checked_update(ctx: Run, name: str, payload: Payload):  # type: ignore[no-untyped-def]
     """A decoded update that passed every check, with the silo's item inputs computed."""
     fcfg = ctx.cfg.federation
     rep = decode_train_reply(payload, layout_of(ctx.base), fcfg.max_catalogue_items)
@@ -281,7 +175,7 @@ def catalogue_table(texts: list[str]) -> str:
     return buf.getvalue()
 
 
-def add_baselines(ctx: _Run, pool: ModelPool, extra_models: Extra | None) -> None:
+def add_baselines(ctx: Run, pool: ModelPool, extra_models: Extra | None) -> None:
     """Non-federated baselines (the reference pipeline's joint training)."""
     if extra_models is not None:
         made = ctx.stages.run("non-federated baselines (joint training)", extra_models, ctx.base,
@@ -291,10 +185,15 @@ def add_baselines(ctx: _Run, pool: ModelPool, extra_models: Extra | None) -> Non
                      {"method": "joint training on the pooled data of every silo (non-private)"})
 
 
-def training_free_merges(ctx: _Run, pool: ModelPool) -> None:
-    """Phase 2: each configured merge of the accepted models (a non-finite one fails alone)."""
+def training_free_merges(ctx: Run, pool: ModelPool) -> None:
+    """Phase 2: each configured merge of the accepted models (a non-finite one fails alone);
+    a merge with a grid is first tuned on the training silos' validation splits."""
     states = [e.state for e in pool.of_kind("finetuned")]
-    for mcfg in ctx.cfg.merges:
+    tuned = ctx.stages.run("tune training-free merges on validation", tune_merges, ctx, states,
+                           ctx.cfg.merges) if any(m.grid for m in ctx.cfg.merges) else {}
+    for label, (_, choice) in tuned.items():
+        ctx.choices[label] = to_dict(choice)
+    for mcfg in [tuned[m.label][0] if m.label in tuned else m for m in ctx.cfg.merges]:
         merged = ctx.stages.run(f"merge {mcfg.label}",
                                 lambda m=mcfg: build_merge(m, ctx.base, states).merged(ctx.base))
         bad = non_finite(merged)
@@ -305,7 +204,7 @@ def training_free_merges(ctx: _Run, pool: ModelPool) -> None:
                  {"method": mcfg.method, "config": to_dict(mcfg), "silos": dict(ctx.catalogues)})
 
 
-def learned_merges(ctx: _Run, pool: ModelPool) -> None:
+def learned_merges(ctx: Run, pool: ModelPool) -> None:
     """Phases 3 and 4: pseudo-users and verified teacher answers (shared by variants that
     use the same pseudo-users), then each learned variant; one that fails or ends with
     non-finite weights is a recorded failure, the others are kept."""
@@ -335,7 +234,7 @@ def learned_merges(ctx: _Run, pool: ModelPool) -> None:
         _learn_variant(ctx, pool, spec, cache[key])
 
 
-def _learn_variant(ctx: _Run, pool: ModelPool, spec: LearnedMergeSpec,
+def _learn_variant(ctx: Run, pool: ModelPool, spec: LearnedMergeSpec,
                    pseudo: list[DomainPseudoData]) -> None:
     stage = f"learn ({spec.name})"
     if not pseudo:
@@ -370,13 +269,14 @@ def run_learned_merge(spec: LearnedMergeSpec, base: StateDict, finetuned: list[S
     return learn_merge_weights(TextSeqRec(model_cfg), base, init, pseudo, spec.distill)
 
 
-def evaluate_in_silos(ctx: _Run, pool: ModelPool
+def evaluate_in_silos(ctx: Run, pool: ModelPool
                       ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, object]]:
     """Phase 5: every silo evaluates what it may see (another silo's fine-tuned weights only
     when that silo shares them); replies are checked (labels, known metrics, rates in
     [0, 1]). Returns the metrics per silo and the protocol each silo reported."""
     asked = {n: pool.for_silo(n) for n in ctx.roles}
-    requests = {n: encode_eval_request(EvalRequest(models, ctx.run, popularity=True))
+    requests = {n: encode_eval_request(EvalRequest(models, ctx.run, popularity=True,
+                                                   serving=pool.serving_for(n)))
                 for n, models in asked.items()}
     replies = ctx.stages.run("evaluate in silos", ctx.session.exchange, "evaluate", EVALUATE,
                              requests, ctx.cfg.federation.eval_timeout_s)
@@ -414,7 +314,28 @@ def assemble_results(per_silo: dict[str, dict[str, dict[str, float]]], seen: lis
     return results
 
 
-def build_report(ctx: _Run, pool: ModelPool, per_silo: dict[str, dict[str, dict[str, float]]],
+def write_packages(ctx: Run, pool: ModelPool, results: dict[str, dict[str, dict[str, float]]],
+                   protocol: dict[str, object]) -> None:
+    """A package per model the run made; every merge's also says which catalogues its silos
+    trained on and carries the new-domain path for any other catalogue (when one was chosen)."""
+    assert ctx.outputs is not None
+    route = pool.entries.get(NEW_DOMAIN_LABEL)
+    for label, made in ctx.made_by.items():
+        entry, folder = pool.entries[label], ctx.outputs.path(f"models/{safe_name(label)}")
+        merged = entry.kind in ("merge", "learned", "baseline")
+        info = PackageInfo(
+            label, entry.kind, replace(ctx.model_cfg, serving=entry.serving or ServingConfig()),
+            ctx.cfg.encoder, make_encoder(ctx.cfg.encoder).encoder_id, ctx.cfg.center_features,
+            ctx.base_hash, made, results.get(label, {}), protocol,
+            trained_on=dict(ctx.catalogues) if merged else {})
+        if merged and route is not None:
+            info.new_domain = add_new_domain_route(folder, route.state,
+                                                   route.serving or ServingConfig(),
+                                                   ctx.made_by[NEW_DOMAIN_LABEL]["method"])
+        finish_package(folder, info)
+
+
+def build_report(ctx: Run, pool: ModelPool, per_silo: dict[str, dict[str, dict[str, float]]],
                  protocol: dict[str, dict[str, object]]) -> dict[str, object]:
     """Phase 6: the JSON-ready report."""
     seen = [e.silo for e in pool.of_kind("finetuned")]
@@ -422,11 +343,7 @@ def build_report(ctx: _Run, pool: ModelPool, per_silo: dict[str, dict[str, dict[
     results = assemble_results(per_silo, seen, unseen, list(pool.entries))  # type: ignore[arg-type]
     first = next(iter(protocol.values()), {})
     if ctx.outputs is not None:
-        for label, made in ctx.made_by.items():
-            finish_package(ctx.outputs.path(f"models/{safe_name(label)}"), PackageInfo(
-                label, pool.entries[label].kind, ctx.model_cfg, ctx.cfg.encoder,
-                make_encoder(ctx.cfg.encoder).encoder_id, ctx.cfg.center_features, ctx.base_hash,
-                made, results.get(label, {}), first))
+        write_packages(ctx, pool, results, first)
     return {
         "results": results,
         "silos": {n: {"role": r, "trained": n in seen, "evaluated": n in per_silo,
@@ -435,6 +352,7 @@ def build_report(ctx: _Run, pool: ModelPool, per_silo: dict[str, dict[str, dict[
         "base_hash": ctx.base_hash,
         "training": ctx.training,
         "learned_weights": ctx.learned_weights,
+        "chosen_on_validation": ctx.choices,
         "ledger": ctx.session.ledger.summary(),
         "stages": ctx.stages.records,
         "total_seconds": ctx.stages.total_seconds(),

@@ -7,11 +7,14 @@ from typing import Literal
 
 import torch
 
+from ..settings import ServingConfig
+
 StateDict = dict[str, torch.Tensor]
-Kind = Literal["base", "finetuned", "baseline", "merge", "learned"]
+Kind = Literal["base", "finetuned", "baseline", "merge", "learned", "new-domain"]
 
 BASE_LABEL = "zero-shot base θ₀"
 IN_DOMAIN_LABEL = "in-domain fine-tuned"
+NEW_DOMAIN_LABEL = "new-domain path"
 
 
 def finetuned_label(silo: str) -> str:
@@ -21,14 +24,16 @@ def finetuned_label(silo: str) -> str:
 @dataclass
 class ModelEntry:
     """One model the run evaluates: its label (a row of the results), what it is, its
-    weights, and for a fine-tuned model the silo it came from and whether that silo lets
-    other silos evaluate it."""
+    weights, for a fine-tuned model the silo it came from and whether that silo lets other
+    silos evaluate it, and how it scores a catalogue where that is not the run's
+    (``serving``)."""
 
     label: str
     kind: Kind
     state: StateDict
     silo: str | None = None
     shared: bool = False
+    serving: ServingConfig | None = None
 
     def sent_to(self, silo: str) -> bool:
         """Whether ``silo`` may be sent these weights: anything but another silo's fine-tuned
@@ -54,6 +59,11 @@ class ModelPool:
     def for_silo(self, silo: str) -> dict[str, StateDict]:
         """The weights ``silo`` is asked to evaluate."""
         return {label: e.state for label, e in self.entries.items() if e.sent_to(silo)}
+
+    def serving_for(self, silo: str) -> dict[str, ServingConfig]:
+        """The serving settings of the models ``silo`` evaluates, where not the run's."""
+        return {label: e.serving for label, e in self.entries.items()
+                if e.sent_to(silo) and e.serving is not None}
 
     def withheld_from(self, silo: str) -> list[str]:
         return [label for label, e in self.entries.items() if not e.sent_to(silo)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Union
 
 import numpy as np
@@ -21,13 +21,15 @@ import torch
 from ..config import from_dict, to_dict
 from ..distill import TeacherSignal
 from ..model import ModelConfig
+from ..settings import ServingConfig
 from ..training import TrainConfig
 
 ConfigValue = Union[int, float, str, bool, bytes, list[int], list[float], list[str]]
 StateDict = dict[str, torch.Tensor]
 
 INFO, TRAIN, QUERY, EVALUATE = "query.info", "train", "query.distill", "evaluate"
-MESSAGE_KINDS = (INFO, TRAIN, QUERY, EVALUATE)
+VALIDATE = "query.validate"  # metrics on the silo's validation split, to choose among candidates
+MESSAGE_KINDS = (INFO, TRAIN, QUERY, EVALUATE, VALIDATE)
 PAD = -1  # padding id of pseudo-user sequences in a query
 MAX_TEXT_CHARS = 20_000  # longest item text a coordinator accepts in a catalogue
 
@@ -99,12 +101,19 @@ class TrainReply:
 
 @dataclass
 class EvalRequest:
-    """The models a silo is asked to evaluate; the protocol (split, cut-offs, users) is the
-    silo's own, never the coordinator's."""
+    """The models a silo is asked to evaluate, with how each scores a catalogue where that is
+    not the run's (``serving``, by label); the protocol (split, cut-offs, users) is the silo's
+    own, never the coordinator's."""
 
     models: dict[str, StateDict]
     run: RunSettings
     popularity: bool = True
+    serving: dict[str, ServingConfig] = field(default_factory=dict)
+
+    def model_config(self, label: str) -> ModelConfig:
+        """The architecture and serving settings ``label`` is evaluated with."""
+        own = self.serving.get(label)
+        return self.run.model if own is None else replace(self.run.model, serving=own)
 
 
 def _pack(key: str, state: StateDict) -> tuple[dict[str, np.ndarray], dict[str, ConfigValue]]:
@@ -292,19 +301,30 @@ def decode_answer(p: Payload, rows: int, num_items: int, topk: int | None) -> Te
 
 
 def encode_eval_request(req: EvalRequest) -> Payload:
+    """The models, each distinct set of weights packed once (labels that share one state
+    dict, e.g. one model under several serving settings, point at the same ``model<i>``)."""
     labels = list(req.models)
     arrays: dict[str, np.ndarray] = {}
     layouts: dict[str, ConfigValue] = {}
+    packed: dict[int, int] = {}  # id of a state dict -> its model index
+    for label in labels:
+        state = req.models[label]
+        if id(state) not in packed:
+            packed[id(state)] = len(packed)
+            a, lay = _pack(f"model{packed[id(state)]}", state)
+            arrays.update(a)
+            layouts.update(lay)
+    config: dict[str, ConfigValue] = {**layouts, **_run_config(req.run), "labels": labels,
+                                      "models": [packed[id(req.models[x])] for x in labels],
+                                      "popularity": req.popularity}
     for i, label in enumerate(labels):
-        a, lay = _pack(f"model{i}", req.models[label])
-        arrays.update(a)
-        layouts.update(lay)
-    return Payload(arrays, {**layouts, **_run_config(req.run), "labels": labels,
-                            "popularity": req.popularity})
+        if label in req.serving:
+            config[f"label{i}#serving"] = json.dumps(to_dict(req.serving[label]))
+    return Payload(arrays, config)
 
 
 def decode_eval_request(p: Payload, max_models: int, max_values: int) -> EvalRequest:
-    """The models to evaluate: at most ``max_models``, all in one layout of at most
+    """The models to evaluate: at most ``max_models`` labels, all in one layout of at most
     ``max_values`` floats (checked before anything is copied)."""
     labels = p.config.get("labels")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) \
@@ -313,12 +333,34 @@ def decode_eval_request(p: Payload, max_models: int, max_values: int) -> EvalReq
     if len(labels) > max_models:
         raise QueryRefused(f"{len(labels)} models in one message; this silo evaluates at most "
                            f"{max_models}")
+    index = p.config.get("models", list(range(len(labels))))
+    if not isinstance(index, list) or len(index) != len(labels) \
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in index) \
+            or sorted(set(index)) != list(range(len(set(index)))):
+        raise QueryRefused("'models' must give each label the index of one packed model, "
+                           "using every index from 0 up")
+    distinct = len(set(index))
     first = _layout(p, "model0", max_values) if labels else []
-    for i in range(1, len(labels)):
+    for i in range(1, distinct):
         if dict(_layout(p, f"model{i}", max_values)) != dict(first):
             raise QueryRefused("the models to evaluate do not share one layout")
-    models = {label: _unpack(p, f"model{i}", first, max_values) for i, label in enumerate(labels)}
-    return EvalRequest(models, _run_from(p.config), bool(p.config.get("popularity", False)))
+    states = [_unpack(p, f"model{i}", first, max_values) for i in range(distinct)]
+    models = {label: states[i] for label, i in zip(labels, index)}
+    serving = {label: _serving(p, f"label{i}#serving") for i, label in enumerate(labels)
+               if f"label{i}#serving" in p.config}
+    return EvalRequest(models, _run_from(p.config), bool(p.config.get("popularity", False)),
+                       serving)
+
+
+def _serving(p: Payload, key: str) -> ServingConfig:
+    """A model's serving settings: a JSON object of :class:`ServingConfig` fields in range."""
+    raw = p.config[key]
+    if not isinstance(raw, str):
+        raise QueryRefused(f"{key}: expected a JSON object as text")
+    try:
+        return from_dict(ServingConfig, json.loads(raw), key)
+    except (ValueError, TypeError) as exc:  # ConfigError and range errors are ValueErrors
+        raise QueryRefused(f"{key}: {exc}") from None
 
 
 METRIC = re.compile(r"(recall|ndcg)@\d+|mrr")

@@ -40,8 +40,8 @@ from ..backbone import item_inputs
 from ..settings.training import check_interpolation, check_loss
 from ..training import TrainConfig, checkpoint_path, fine_tune_cached
 from .budget import Budget, BudgetExceeded, BudgetLedger
-from .protocol import (CATALOGUE_FORMS, EVALUATE, INFO, QUERY, TRAIN, Payload, QueryRefused,
-                       RunSettings, TrainReply,
+from .protocol import (CATALOGUE_FORMS, EVALUATE, INFO, QUERY, TRAIN, VALIDATE, Payload,
+                       QueryRefused, RunSettings, TrainReply,
                        decode_eval_request, decode_sequences, decode_train_request, encode_answer,
                        encode_eval_reply, encode_train_reply)
 
@@ -63,6 +63,10 @@ class SiloPolicy:
     scale 1 / (users · ε) on every released metric (``None``: none). ``catalogue_forms``: how
     it may share its catalogue (``text``, ``vectors``). ``max_answer_topk``: teacher answers
     only as top-k lists of at most this many items (``None``: full score rows allowed).
+    ``answer_validation``: a training silo releases Recall/NDCG@10 of candidate models on its
+    validation split (``query.validate``: how the coordinator chooses a merge's
+    hyper-parameters and the new-domain path), over at most ``validation_max_users`` users
+    (``None``: all of the split), under the same budget, ``min_users`` and noise as evaluation.
     """
 
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -77,6 +81,8 @@ class SiloPolicy:
     metric_epsilon: float | None = None
     catalogue_forms: list[str] = field(default_factory=lambda: list(CATALOGUE_FORMS))
     max_answer_topk: int | None = None
+    answer_validation: bool = True
+    validation_max_users: int | None = None
 
     def __post_init__(self) -> None:
         if not set(self.catalogue_forms) <= set(CATALOGUE_FORMS):
@@ -88,6 +94,12 @@ class SiloPolicy:
             raise ValueError(f"min_users must be >= 1, got {self.min_users}")
         if self.metric_epsilon is not None and self.metric_epsilon <= 0:
             raise ValueError(f"metric_epsilon must be > 0, got {self.metric_epsilon}")
+        if self.validation_max_users is not None and self.validation_max_users < 1:
+            raise ValueError(f"validation_max_users must be >= 1, got {self.validation_max_users}")
+
+    def validation(self) -> EvalConfig:
+        """The protocol of ``query.validate``: the silo's own, on its validation split, at 10."""
+        return replace(self.eval, split="val", ks=(10,), max_users=self.validation_max_users)
 
 
 @dataclass
@@ -194,7 +206,11 @@ class Silo:
         if kind == QUERY:
             return self.answer(request, run_id)
         if kind == EVALUATE:
-            return self.evaluate(request)
+            return self.evaluate(request, self.policy.eval)
+        if kind == VALIDATE:
+            if self.cfg.eval_only or not self.policy.answer_validation:
+                raise QueryRefused(f"silo {self.cfg.name} releases no validation metrics")
+            return self.evaluate(request, self.policy.validation(), popularity=False)
         raise QueryRefused(f"silo {self.cfg.name}: unknown message kind {kind!r}")
 
     # --- train -------------------------------------------------------------------------
@@ -279,9 +295,10 @@ class Silo:
         return encode_answer(signal, self.cfg.name)
 
     # --- evaluate ----------------------------------------------------------------------
-    def evaluate(self, request: Payload) -> Payload:
-        """Aggregate metrics of the received models on the silo's own split, protocol and
-        users (and popularity), released only over at least ``min_users`` users."""
+    def evaluate(self, request: Payload, protocol: EvalConfig, popularity: bool = True) -> Payload:
+        """Aggregate metrics of the received models under ``protocol`` (the silo's own: its
+        evaluation or its validation protocol) on its users (and popularity, unless
+        ``popularity`` is off), released only over at least ``min_users`` users."""
         try:
             req = decode_eval_request(request, self.policy.max_models_per_message,
                                       self.policy.max_model_values)
@@ -289,7 +306,6 @@ class Silo:
             raise
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryRefused(f"malformed evaluation request ({type(exc).__name__})") from None
-        protocol = self.policy.eval
         users = len(self.domain.eval_examples(protocol.split)[0])
         if protocol.max_users is not None:
             users = min(users, protocol.max_users)
@@ -301,12 +317,12 @@ class Silo:
         results = {}
         for label, state in req.models.items():
             try:
-                model = model_from_state(req.run.model, state)
+                model = model_from_state(req.model_config(label), state)
             except (RuntimeError, ValueError):
                 raise QueryRefused(f"model {label!r} does not fit the run's architecture") from None
             results[label] = self._release(evaluate_model(model, self.domain, feats, protocol).metrics,
                                            users)
-        if req.popularity:
+        if req.popularity and popularity:
             results["popularity"] = self._release(
                 evaluate_popularity(self.domain, protocol).metrics, users)
         return encode_eval_reply(results, self.cfg.name, {

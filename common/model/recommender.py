@@ -28,6 +28,7 @@ gradient instead. Which merges better depends on the data (README, "Branch initi
 
 from __future__ import annotations
 
+import weakref
 from typing import Union
 
 import numpy as np
@@ -224,28 +225,41 @@ class TextSeqRec(nn.Module):
         return cos + beta * history
 
     def logits(self, users: torch.Tensor, item_emb: torch.Tensor,
-               history: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+               history: tuple[torch.Tensor, torch.Tensor], scale: float,
+               items: torch.Tensor | None = None) -> torch.Tensor:
         """``scale`` times :meth:`score` [B, N], with the history given as (row, item) index
-        pairs (:func:`history_index`) instead of a dense multi-hot.
+        pairs (:func:`history_index`) instead of a dense multi-hot; ``items``: the vectors the
+        users are compared with when not ``item_emb`` itself (the serving space,
+        :meth:`serving_space`), β still coming from ``item_emb``.
 
         The scale is applied to the [B, D] user side and β is added in place at the history
         entries, so no extra [B, N] temporaries are made (full-ranking evaluation; training
         computes the same logits inside :mod:`common.training.softmax_loss`).
         """
+        items = F.normalize(item_emb, dim=-1) if items is None else items
         # fp32 logits also under bf16 autocast (a no-op copy otherwise)
-        out = ((F.normalize(users, dim=-1) * scale) @ F.normalize(item_emb, dim=-1).T).float()
-        rows, items = history
+        out = ((F.normalize(users, dim=-1) * scale) @ items.T).float()
+        rows, hist_items = history
         beta = self.history_bias(item_emb)
-        bonus = (beta * scale).expand(len(rows)) if beta.numel() == 1 else beta[items] * scale
-        return add_at(out, rows, items, bonus.to(out.dtype))
+        bonus = (beta * scale).expand(len(rows)) if beta.numel() == 1 else beta[hist_items] * scale
+        return add_at(out, rows, hist_items, bonus.to(out.dtype))
 
     def score_sequences(self, item_emb: torch.Tensor, seqs: torch.Tensor, lengths: torch.Tensor,
                         inputs: ItemInputs | None = None) -> torch.Tensor:
-        """Scores [B, N] of padded histories against all items (towers + history term);
-        ``inputs`` as in :meth:`sequence_states`."""
-        users = self.encode_sequences(item_emb, seqs, lengths, inputs)
-        return self.logits(users, item_emb, sequence_history_index(seqs, lengths, len(item_emb)),
-                           1.0)
+        """Scores [B, N] of padded histories against all items (towers + history term), with
+        the model's :class:`~common.settings.ServingConfig`; ``inputs`` as in
+        :meth:`sequence_states`."""
+        serving = self.cfg.serving
+        if serving.history_decay > 0:
+            users = recency_pool(self.sequence_states(item_emb, seqs, lengths, None, inputs),
+                                 lengths, serving.history_decay)
+        else:
+            users = self.encode_sequences(item_emb, seqs, lengths, inputs)
+        index = sequence_history_index(seqs, lengths, len(item_emb))
+        if serving.whiten <= 0:
+            return self.logits(users, item_emb, index, 1.0)
+        transform = catalogue_whitening(item_emb, serving.whiten)
+        return self.logits(transform.apply(users), item_emb, index, 1.0, transform.items)
 
     def layer_groups(self) -> dict[str, str]:
         """Parameter name -> layer group, used by layer-wise merging."""
@@ -283,6 +297,49 @@ def build_base_model(cfg: ModelConfig, seed: int = 0,
             raise ValueError("θ₀ with text encoder layers needs their pretrained weights")
         model.text_tower.load_state_dict(text_state)
     return model
+
+
+def recency_pool(states: torch.Tensor, lengths: torch.Tensor, decay: float) -> torch.Tensor:
+    """[B, D]: the unit user vectors of every real position [B, L, D] averaged with weight
+    ``decay``^k for the one k positions before the last."""
+    pos = torch.arange(states.shape[1], device=states.device)[None]
+    back = (lengths[:, None] - 1 - pos).clamp(min=0).to(states.dtype)
+    weight = torch.where(pos < lengths[:, None], decay ** back, torch.zeros_like(back))
+    return (weight[..., None] * F.normalize(states, dim=-1)).sum(1)
+
+
+class Whitening:
+    """A catalogue's partial whitening (:class:`~common.settings.ServingConfig`): the map
+    ``z ↦ (z − μ) W`` and the catalogue's items in that space, unit length."""
+
+    def __init__(self, mean: torch.Tensor, matrix: torch.Tensor, items: torch.Tensor) -> None:
+        self.mean, self.matrix, self.items = mean, matrix, items
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        return (z.float() - self.mean) @ self.matrix
+
+
+_LAST_WHITENING: list[tuple] = []  # (weak reference to the item tensor, its version, strength, Whitening)
+
+
+@torch.no_grad()
+def catalogue_whitening(item_emb: torch.Tensor, strength: float) -> Whitening:
+    """The partial whitening of ``item_emb``'s catalogue, computed from the covariance of its
+    item vectors (eigenvalues floored at 1e-6 of the largest, so that directions the catalogue
+    does not use are not blown up). The last one is kept for the next batch of the same
+    tensor, unchanged, at the same strength."""
+    last = _LAST_WHITENING[0] if _LAST_WHITENING else None
+    if last is not None and last[0]() is item_emb and last[1:3] == (item_emb._version, strength):
+        return last[3]
+    e = item_emb.detach().float()
+    mean = e.mean(0)
+    centred = e - mean
+    eigval, eigvec = torch.linalg.eigh(centred.T @ centred / max(1, len(e) - 1))
+    eigval = eigval.clamp(min=float(eigval.max()) * 1e-6)
+    matrix = (eigvec * (eigval / eigval.mean()) ** (-strength / 2)) @ eigvec.T
+    out = Whitening(mean, matrix, F.normalize(centred @ matrix, dim=-1))
+    _LAST_WHITENING[:] = [(weakref.ref(item_emb), item_emb._version, strength, out)]
+    return out
 
 
 def pad_sequences(seqs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,15 +6,15 @@ torch, numpy or Flower, so a config can be read and checked before any of them i
 
 from .data import DataConfig, DomainSource, Split, SyntheticConfig, default_cache
 from .distill import DistillConfig, Granularity, LossConfig, PseudoUserConfig
-from .federation import (CoordinatorConfig, FederationConfig, LearnedMergeSpec, default_learned,
-                         default_merges)
+from .federation import (CoordinatorConfig, FederationConfig, LearnedMergeSpec, NewDomainConfig,
+                         default_learned, default_merges)
 from .merging import METHODS, REGISTRY, TRAINING_FREE_LABELS, MergeConfig, MergeMethod
-from .model import ModelConfig, SASRecConfig
+from .model import ModelConfig, SASRecConfig, ServingConfig
 from .pipeline import PipelineConfig
 from .training import DPConfig, EvalConfig, TrainConfig
 
 __all__ = ["METHODS", "REGISTRY", "TRAINING_FREE_LABELS", "CoordinatorConfig", "DPConfig",
            "DataConfig", "DistillConfig", "DomainSource", "EvalConfig", "FederationConfig",
            "Granularity", "LearnedMergeSpec", "LossConfig", "MergeConfig", "MergeMethod",
-           "ModelConfig", "PipelineConfig", "PseudoUserConfig", "SASRecConfig", "Split",
+           "ModelConfig", "NewDomainConfig", "PipelineConfig", "PseudoUserConfig", "SASRecConfig", "ServingConfig", "Split",
            "SyntheticConfig", "TrainConfig", "default_cache", "default_learned", "default_merges"]

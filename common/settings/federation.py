@@ -84,6 +84,39 @@ class FederationConfig:
 
 
 @dataclass
+class NewDomainConfig:
+    """How the run serves a catalogue no silo trained on (a shop that joins later).
+
+    Candidates: θ₀ + λ · (sum of the training silos' task vectors) for λ in
+    ``task_arithmetic`` (0: θ₀ itself), each scored with every combination of the catalogue-level
+    serving settings ``whiten`` and ``history_decay`` (:class:`~common.settings.ServingConfig`:
+    they need the new catalogue only, never its users). Every training silo judges them on its
+    own validation split as a new domain meets them: built without its own task vector
+    (leave-one-silo-out), each against θ₀ on the same users. Kept: the candidate with the best
+    mean Recall@10 ratio to θ₀ among those that are at least θ₀'s Recall@10 and NDCG@10 on
+    every silo (θ₀ itself when none is). The item-history bonus stays θ₀'s: a new shop may
+    sell repeat purchases or not, and only its users could tell."""
+
+    task_arithmetic: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3])
+    whiten: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75])
+    history_decay: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])
+
+    def __post_init__(self) -> None:
+        for name, top in (("task_arithmetic", 2.0), ("whiten", 0.9), ("history_decay", 0.95)):
+            values = getattr(self, name)
+            if not values or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                 or not 0.0 <= v <= top for v in values):
+                raise ValueError(f"new_domain.{name} must be a non-empty list of numbers in "
+                                 f"[0, {top}], got {values!r}")
+
+    def candidates(self) -> list[tuple[float, float, float]]:
+        """(λ, whiten, history_decay) of every candidate, θ₀ as it is first."""
+        grid = [(float(lam), float(w), float(d)) for lam in self.task_arithmetic
+                for w in self.whiten for d in self.history_decay]
+        return [(0.0, 0.0, 0.0)] + [c for c in grid if c != (0.0, 0.0, 0.0)]
+
+
+@dataclass
 class CoordinatorConfig:
     """The run as the coordinator sees it: the silos' names in the run's order, the model and
     how it is built and trained, the merges and learned variants, the federation settings, the
@@ -100,6 +133,7 @@ class CoordinatorConfig:
     seed: int
     output_dir: str | None
     cache_dir: str
+    new_domain: NewDomainConfig | None = None
 
     def cache(self) -> Path:
         return Path(self.cache_dir)

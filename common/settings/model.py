@@ -2,8 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal
+
+MAX_WHITEN = 0.9  # whitening strength at which the catalogue's weakest directions still stay bounded
+MAX_HISTORY_DECAY = 0.95
+
+
+@dataclass
+class ServingConfig:
+    """How a model scores a catalogue beyond its weights: catalogue-level settings that need no
+    training and no user data, only the catalogue it is serving (zero: off, as the model was
+    trained).
+
+    ``whiten`` = p in [0, 0.9]: user and item vectors are compared in the catalogue's partially
+    whitened space, ``(z − μ) V Λ^(−p/2) Vᵀ`` with μ, V, Λ the mean, eigenvectors and
+    eigenvalues of the covariance of the catalogue's item vectors (p = 0: plain cosine; 1 would
+    be full whitening). A text encoder's vectors crowd into a few directions that every item
+    shares; whitening spreads a catalogue's items over the directions that tell them apart.
+    ``history_decay`` = d in [0, 0.95]: the user vector is the recency-weighted mean of the
+    model's (unit-length) user vectors after each history item, the one k items back weighted
+    d^k (0: the vector after the last item only)."""
+
+    whiten: float = 0.0
+    history_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, top in (("whiten", MAX_WHITEN), ("history_decay", MAX_HISTORY_DECAY)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0.0 <= value <= top:  # NaN fails too
+                raise ValueError(f"serving.{name} must be a number in [0, {top}], got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.whiten > 0 or self.history_decay > 0
 
 
 @dataclass
@@ -19,7 +52,8 @@ class ModelConfig:
     or (``history_text``, needs ``text_layers`` > 0) from the trainable encoder layers over the
     history's text, its items' token states one after another, the last ``history_tokens``
     kept (Recformer's user = the encoder over the history's text); the model then has no
-    sequence tower."""
+    sequence tower. ``serving``: how it scores a catalogue (:class:`ServingConfig`; not part of
+    what the model is: the same weights serve with any of them)."""
 
     text_dim: int = 384
     hidden: int = 128
@@ -37,6 +71,7 @@ class ModelConfig:
     text_eps: float = 1e-12
     user: Literal["sequence", "history_text"] = "sequence"
     history_tokens: int = 256
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
         if self.user not in ("sequence", "history_text"):
@@ -49,9 +84,9 @@ class ModelConfig:
 
     def identity(self) -> dict:
         """The settings that make a model what it is (what checkpoints are keyed by): every
-        field, less the history-text ones for a sequence-tower model (they do not act on it,
+        field but ``serving``, less the history-text ones for a sequence-tower model (they do not act on it,
         so a checkpoint made before they existed keeps its key)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "serving"}
         if self.user == "sequence":
             del out["user"], out["history_tokens"]
         return out

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from ..config import with_overrides
 from .data import DataConfig
-from .federation import (CoordinatorConfig, FederationConfig, LearnedMergeSpec, default_learned,
-                         default_merges)
+from .federation import (CoordinatorConfig, FederationConfig, LearnedMergeSpec, NewDomainConfig,
+                         default_learned, default_merges)
 from .merging import MergeConfig
 from .model import ModelConfig, SASRecConfig
 from .training import EvalConfig, TrainConfig, check_interpolation, check_loss
@@ -20,7 +20,9 @@ class PipelineConfig:
     ``silo_dir``: where in-process silos keep their work (checkpoints, per-run records); default
     ``<output_dir>/silos``. Runs sharing it reuse each other's fine-tuned checkpoints.
     ``id_baseline``: also train an ID-based SASRec in each training silo, alone on its data
-    (in-process only: the "train alone" reference, which cannot be merged).
+    (in-process only: the "train alone" reference, which cannot be merged). ``new_domain``: how
+    the run serves catalogues no silo trained on (:class:`NewDomainConfig`; ``None``: it
+    chooses nothing, and a package serves every catalogue as it serves its own).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -32,6 +34,7 @@ class PipelineConfig:
     merges: list[MergeConfig] = field(default_factory=default_merges)
     learned: list[LearnedMergeSpec] = field(default_factory=default_learned)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    new_domain: NewDomainConfig | None = None
     joint: bool = False
     id_baseline: SASRecConfig | None = None
     seed: int = 0
@@ -42,7 +45,8 @@ class PipelineConfig:
         """What the coordinator needs of this run (and nothing of its data sources)."""
         return CoordinatorConfig(self.data.domain_names(), self.encoder, self.center_features,
                                  self.model, self.train, self.merges, self.learned,
-                                 self.federation, self.seed, self.output_dir, str(self.data.cache()))
+                                 self.federation, self.seed, self.output_dir, str(self.data.cache()),
+                                 self.new_domain)
 
     def __post_init__(self) -> None:
         names = self.data.domain_names()
