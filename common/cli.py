@@ -9,6 +9,7 @@ from .config import ConfigError, load_yaml
 from .data import DataError
 from .pipeline import PipelineConfig, run_pipeline
 from .report import markdown_table
+from .runtime import log_to_stderr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="output folder for report.json / report.md / weights")
     parser.add_argument("--seed", type=int, help="override the seed")
     args = parser.parse_args(argv)
+    log_to_stderr()
     try:
         cfg = load_yaml(PipelineConfig, args.config) if args.config else PipelineConfig()
     except ConfigError as exc:

@@ -26,6 +26,8 @@ class Stages:
         self.log = log
 
     def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.log is not None:
+            self.log(f"stage '{name}' ...")
         start = time.perf_counter()
         out = fn(*args, **kwargs)
         self.records[name] = {"seconds": round(time.perf_counter() - start, 2),

@@ -40,6 +40,18 @@ def show_progress() -> bool:
     return value == "1" if value in ("0", "1") else sys.stderr.isatty()
 
 
+def log_to_stderr() -> None:
+    """Show the library's INFO lines (a training's epochs, say) on stderr with the time, unless
+    the program has configured logging itself: long work says where it is."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            datefmt="%H:%M:%S")
+    logging.getLogger("mergerec").setLevel(logging.INFO)
+
+
 def set_progress(on: bool) -> None:
     """Turn progress bars on or off for this process (and the processes it starts)."""
     os.environ["MERGEREC_PROGRESS"] = "1" if on else "0"

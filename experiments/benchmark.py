@@ -29,6 +29,7 @@ from common.pipeline import ID_BASELINE, PipelineConfig, run_pipeline
 from common.io import atomic_write_text
 from common.merging import MergeConfig
 from common.report import markdown_table, write_report
+from common.runtime import log_to_stderr
 from experiments.publish import grouped_bars, publish, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", metavar="NAME",
                         help="write the combined report to experiments/reports/NAME/")
     args = parser.parse_args(argv)
+    log_to_stderr()
     cfg = load_yaml(PipelineConfig, args.config)
     for src in cfg.data.sources:
         if not Path(src.path).is_absolute():

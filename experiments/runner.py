@@ -48,6 +48,7 @@ from safetensors.torch import load_file
 from common.config import ConfigError, deep_merge, from_dict, load_yaml, read_yaml, to_dict
 from common.data.domain import DataError
 from common.experiment import load_full_domains, split_holdout
+from common.runtime import log_to_stderr
 from common.federated import BASE_LABEL, IN_DOMAIN_LABEL
 from common.federated.coordinator import safe_name
 from common.backbone import item_inputs, resolve_base
@@ -510,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", action="store_true",
                         help="also write the report to experiments/reports/<name>/")
     args = parser.parse_args(argv)
+    log_to_stderr()
     try:
         run_experiment(Path(args.experiment), args.mode, args.report_only,
                        Path(args.output) if args.output else None, args.seeds,

@@ -14,7 +14,8 @@ TINY: dict = {
     "encoder": "hashing-64",
     "model": {"hidden": 16, "layers": 1, "heads": 2, "max_len": 8, "item_hidden": 32},
     "train": {"epochs": 3, "batch_size": 64, "lr": 0.003, "warmup_steps": 2, "patience": 3},
-    "merges": [{"method": "average"}, {"method": "ties", "lam": 1.0, "density": 0.2}],
+    "merges": [{"method": "average"},
+               {"method": "ties", "lam": 1.0, "density": 0.2, "grid": {"lam": [0.5, 1.0]}}],
     "learned": [
         {"name": "mergerec task-wise",
          "distill": {"steps": 20, "batch_size": 16, "lr": 0.01}},
@@ -24,6 +25,7 @@ TINY: dict = {
     ],
     # one silo fine-tunes with its own settings: every mode must apply them the same way
     "federation": {"silo_train": {"pantry": {"batch_size": 16, "epochs": 2}}},
+    "new_domain": {"task_arithmetic": [0.0, 0.3], "whiten": [0.0, 0.5], "history_decay": [0.0, 0.3]},
     "joint": False,
 }
 

@@ -34,7 +34,7 @@ class PipelineConfig:
     merges: list[MergeConfig] = field(default_factory=default_merges)
     learned: list[LearnedMergeSpec] = field(default_factory=default_learned)
     federation: FederationConfig = field(default_factory=FederationConfig)
-    new_domain: NewDomainConfig | None = None
+    new_domain: NewDomainConfig | None = field(default_factory=NewDomainConfig)
     joint: bool = False
     id_baseline: SASRecConfig | None = None
     seed: int = 0

@@ -3,6 +3,7 @@ validation NDCG@10."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -21,6 +22,8 @@ from .batching import TrainBatch, bucketed_batches, training_sequences
 from .fused_items import Buffers, fused_item_side
 from .item_table import ItemTable
 from .softmax_loss import LogitsWorkspace, cosine_softmax_cross_entropy, unit_normalize
+
+log = logging.getLogger("mergerec.train")  # one line per epoch: long trainings say where they are
 
 
 @dataclass
@@ -184,6 +187,10 @@ def train_epochs(model: torch.nn.Module, per_domain: list[list[list[int]]], max_
         val = validate()
         history.append({"epoch": epoch, "loss": total / max(1, count), "val_ndcg@10": val})
         bar.set_postfix(loss=f"{total / max(1, count):.3f}", val=f"{val:.4f}")
+        spent = time.perf_counter() - start
+        log.info("%s: epoch %d/%d, loss %.4f, val NDCG@10 %.4f, %.0f s so far, at most %.0f s "
+                 "to go", desc, epoch, cfg.epochs, total / max(1, count), val, spent,
+                 spent / epoch * (cfg.epochs - epoch))
         if val > best_val:
             best_val, best_epoch = val, epoch
             best_state = cpu_state(model)
