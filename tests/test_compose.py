@@ -20,14 +20,24 @@ BASE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PLAIN = yaml.safe_load((ROOT / "docker-compose.plain.yml").read_text())
 AMAZON = yaml.safe_load((ROOT / "docker-compose.amazon.yml").read_text())
 SILOS = ("beauty", "sports", "pantry")
+REAL_SILOS = (*SILOS, "scientific", "office")  # the real-data overlay adds two
 BIN = Path(sys.executable).parent
 
 
 def _svc(name: str, overlay: dict | None = None) -> dict:
-    svc = dict(BASE["services"][name])
+    svc = dict(BASE["services"].get(name, {}))
     if overlay and name in overlay["services"]:
         svc.update(overlay["services"][name])
     return svc
+
+
+def _services(overlay: dict | None) -> list[str]:
+    """Every service of the base file with ``overlay`` over it (its own services included)."""
+    return list(dict.fromkeys([*BASE["services"], *((overlay or {}).get("services", {}))]))
+
+
+def _silos(overlay: dict | None) -> tuple[str, ...]:
+    return REAL_SILOS if overlay is AMAZON else SILOS
 
 
 def _program(cmd: list[str]) -> list[str]:
@@ -61,21 +71,21 @@ def test_one_project_image_built_from_the_projects_files():
 
 @pytest.mark.parametrize("overlay", [None, PLAIN, AMAZON])
 def test_each_silo_data_is_mounted_read_only_into_its_own_executor_only(overlay):
-    for name in BASE["services"]:
+    for name in _services(overlay):
         svc = _svc(name, overlay)
         for spec in svc.get("volumes", []):
             source, target, ro = _volume(spec)
-            owner = next((s for s in SILOS if s in source.lower() and ("data" in source.lower()
+            owner = next((s for s in _silos(overlay) if s in source.lower() and ("data" in source.lower()
                                                                       or ".tar.gz" in source)), None)
             if owner is None or source.startswith("pki-"):
                 continue
             assert name in (f"superexec-clientapp-{owner}", f"data-{owner}"), f"{name} mounts {spec}"
             if name.startswith("superexec-clientapp-"):
                 assert ro and target.startswith("/data"), spec
-    for silo in SILOS:
-        executor = _svc(f"superexec-clientapp-{silo}")
+    for silo in _silos(overlay):
+        executor = _svc(f"superexec-clientapp-{silo}", overlay)
         assert executor["network_mode"] == f"service:supernode-{silo}"
-        node = _program(_svc(f"supernode-{silo}")["command"])
+        node = _program(_svc(f"supernode-{silo}", overlay)["command"])
         assert node[node.index("--host") + 1] == "127.0.0.1"  # its Runtime API: its executor only
         assert executor["command"][-1] == "127.0.0.1:9094"
 
@@ -83,7 +93,7 @@ def test_each_silo_data_is_mounted_read_only_into_its_own_executor_only(overlay)
 @pytest.mark.parametrize("overlay", [None, PLAIN, AMAZON])
 def test_flags_are_accepted_by_flwr_1_42(overlay):
     accepted = {b: _help_flags(b) for b in ("flower-superlink", "flower-supernode", "flower-superexec")}
-    for name in BASE["services"]:
+    for name in _services(overlay):
         cmd = _program(_svc(name, overlay)["command"])
         if cmd[0] in accepted:
             flags = {c for c in cmd if c.startswith("--")}
@@ -94,21 +104,26 @@ def test_tls_and_supernode_authentication_by_default_plain_only_by_opt_in():
     link = _program(_svc("superlink")["command"])
     assert "--insecure" not in link and "--enable-supernode-auth" in link
     assert {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"} <= set(link)
-    for silo in SILOS:
-        for overlay in (None, AMAZON):
+    for overlay in (None, AMAZON):
+        for silo in _silos(overlay):
             node = _program(_svc(f"supernode-{silo}", overlay)["command"])
             assert "--insecure" not in node
             assert {"--root-certificates", "--auth-supernode-private-key"} <= set(node)
+    for silo in SILOS:
         assert "--insecure" in _program(_svc(f"supernode-{silo}", PLAIN)["command"])
     assert "--insecure" in _program(_svc("superlink", PLAIN)["command"])
 
 
-def test_the_ca_key_is_in_no_service_and_keys_go_only_where_needed():
-    for name, svc in BASE["services"].items():
+@pytest.mark.parametrize("overlay", [None, AMAZON])
+def test_the_ca_key_is_in_no_service_and_keys_go_only_where_needed(overlay):
+    for name in _services(overlay):
+        svc = _svc(name, overlay)
         sources = [_volume(v)[0] for v in svc.get("volumes", [])]
+        if overlay is AMAZON and name == "pki":  # an overlay's volumes add to the base's
+            sources += [_volume(v)[0] for v in BASE["services"]["pki"]["volumes"]]
         if "pki-ca" in sources:
             assert name == "pki", f"{name} mounts the CA key's volume"
-        for silo in SILOS:
+        for silo in _silos(overlay):
             if f"pki-supernode-{silo}" in sources:
                 assert name in ("pki", f"supernode-{silo}"), f"{name} holds {silo}'s SuperNode key"
         if "pki-superlink" in sources:
@@ -155,7 +170,27 @@ def test_node_config_keys_are_ones_the_silo_reads():
     known = {"silo", "data-dir", "format", "work-dir", "eval-only", "audit-dir", "encoder-dir",
              "eval-ks", *POLICY_KEYS, *BUDGET_KEYS, *EVAL_KEYS}
     for overlay in (None, AMAZON):
-        for silo in SILOS:
+        for silo in _silos(overlay):
             cmd = _program(_svc(f"supernode-{silo}", overlay)["command"])
             config = cmd[cmd.index("--node-config") + 1]
             assert set(re.findall(r"([a-z-]+)=", config)) <= known
+
+
+def test_the_real_data_overlay_runs_the_five_domains_of_amazon5():
+    """pki, register and submit agree on the silos; each silo's node config names a domain of
+    the experiment the overlay's header tells users to run, with its format."""
+    from common.config import load_yaml
+    from common.settings import PipelineConfig
+
+    pki = " ".join(AMAZON["services"]["pki"]["command"])
+    register = AMAZON["services"]["register"]["command"]
+    assert re.findall(r"--silo (\w+)", pki) == list(REAL_SILOS)
+    assert [register[i + 1] for i, c in enumerate(register) if c == "--silo"] == list(REAL_SILOS)
+    assert f"--silos {len(REAL_SILOS)}" in " ".join(AMAZON["services"]["submit"]["command"])
+    exp = load_yaml(PipelineConfig, ROOT / "experiments/configs/pipelines/amazon5.yaml")
+    formats = {s.name: s.format for s in exp.data.sources}
+    assert "amazon5.yaml" in (ROOT / "docker-compose.amazon.yml").read_text()
+    for silo in REAL_SILOS:
+        config = _program(_svc(f"supernode-{silo}", AMAZON)["command"])[-1]
+        name = re.search(r"silo='(\w+)'", config).group(1)
+        assert formats[name] == (re.search(r"format='(\w+)'", config) or [None, "mergerec_json"])[1]
