@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from experiments.runner import run_experiment
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 from tests.runs import TINY, tiny_config, tiny_raw
 
 
@@ -170,10 +172,13 @@ def test_shipped_experiments_are_valid():
         assert exp.name == path.stem  # results/<name>/ matches the file
         for setting in exp.settings:
             cfg = from_dict(PipelineConfig, deep_merge(deep_merge(base, exp.common), setting.set))
-            if exp.base is not None:
-                assert [s.name for s in cfg.data.sources] == ["Beauty", "Pantry", "Sports"]
+            if exp.base is not None:  # the three Amazon domains, and the five-domain ones
+                names = [s.name for s in cfg.data.sources]
+                assert names[:3] == ["Beauty", "Pantry", "Sports"] and \
+                    names[3:] in ([], ["Scientific", "Office"]), (path, names)
             if exp.data_dir:  # wherever the sources are named, they point at the shared data
-                assert all(Path(s.path).is_absolute() and Path(s.path).parent.name == "amazon"
+                assert all(Path(s.path).is_absolute() and Path(s.path).parent.name in
+                           ("amazon", "lcrec") and Path(s.path).is_relative_to(SHARED_DATA)
                            for s in cfg.data.sources), (path, cfg.data.sources)
     for path in sorted((configs / "pipelines").glob("*.yaml")):
         load_yaml(PipelineConfig, path)
@@ -195,11 +200,16 @@ def test_shipped_benchmark_variants_extend_the_reference():
 
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "pipelines"
     ref = load_yaml(PipelineConfig, configs / "amazon3.yaml")
-    for name in ("amazon3-bs32", "amazon3-zero-out", "amazon3-silo-settings", "benchmark"):
+    for name in ("amazon3-bs32", "amazon3-zero-out", "amazon3-silo-settings", "benchmark3"):
         path = configs / f"{name}.yaml"
         assert yaml.safe_load(path.read_text())["extends"] == "amazon3.yaml"  # names only changes
         cfg = load_yaml(PipelineConfig, path)
         assert cfg.data == ref.data and cfg.eval == ref.eval
+    five = load_yaml(PipelineConfig, configs / "benchmark.yaml")  # amazon5.yaml's five domains,
+    assert yaml.safe_load((configs / "benchmark.yaml").read_text())["extends"] == "amazon5.yaml"
+    assert five.data.sources[:3] == ref.data.sources and five.eval == ref.eval  # three + one line each
+    assert [(s.name, s.format) for s in five.data.sources[3:]] == [("Scientific", "lcrec"),
+                                                                   ("Office", "lcrec")]
 
 
 def test_benchmark_report_shows_each_silos_own_training():
