@@ -24,7 +24,36 @@ def test_yaml_roundtrip(tmp_path):
     ("model: {hidden: many}\n", "model.hidden: expected an integer"),
     ("learned:\n  - name: x\n    distill: {granularity: diagonal}\n", "not one of"),
     ("eval: {split: train}\n", "eval.split"),
-    ("learned:\n  - name: x\n    distill: {residual_lr: -0.1}\n", "residual_lr must be >= 0"),
+    ("learned:\n  - name: x\n    distill: {residual_lr: -0.1}\n", "residual_lr must be a finite number >= 0"),
+    # settings that guard something cannot be switched off by a typo (issue 34)
+    ("federation: {update_norm_limit: .inf}\n", "update_norm_limit must be a finite number >= 2"),
+    ("federation: {update_norm_limit: .nan}\n", "update_norm_limit"),
+    ("federation: {update_norm_limit: 1}\n", "below 2 refuses honest silos"),
+    ("federation: {teacher_check_rows: -5}\n", "teacher_check_rows must be a finite number >= 0"),
+    ("federation: {teacher_tolerance: -1}\n", "teacher_tolerance"),
+    ("federation: {teacher_tolerance: .inf}\n", "teacher_tolerance"),
+    ("federation: {min_silos: 0}\n", "min_silos"),
+    ("federation: {query_budget: -1}\n", "query_budget"),
+    ("federation: {max_query_rows: 0}\n", "max_query_rows"),
+    ("federation: {max_catalogue_items: -3}\n", "max_catalogue_items"),
+    ("federation: {eval_timeout_s: 0}\n", "eval_timeout_s"),
+    ("federation: {query_timeout_s: .inf}\n", "query_timeout_s"),
+    ("train: {dp: {epsilon: 0}}\n", "epsilon must be a finite number > 0"),
+    ("train: {dp: {epsilon: .inf}}\n", "epsilon"),
+    ("train: {dp: {epsilon: 8, delta: 1.5}}\n", "delta"),
+    ("train: {dp: {epsilon: 8, clip_norm: -1}}\n", "clip_norm"),
+    ("train: {dp: {epsilon: 8, noise_multiplier: -0.5}}\n", "noise_multiplier"),
+    ("train: {lr: .nan}\n", "train: lr must be a finite number > 0"),
+    ("train: {epochs: 0}\n", "epochs"),
+    ("train: {batch_size: -32}\n", "batch_size"),
+    ("eval: {ks: [10, 0]}\n", "ks must be"),
+    ("eval: {max_users: 0}\n", "max_users"),
+    ("model: {temperature: 0}\n", "temperature"),
+    ("model: {dropout: 1.5}\n", "dropout"),
+    ("model: {serving: {whiten: 2}}\n", "serving.whiten"),
+    ("new_domain: {whiten: [0.5, 3]}\n", "new_domain.whiten"),
+    ("merges: [{method: ties, grid: {lam: [.inf]}}]\n", "grid lam"),
+    ("merges: [{method: average, grid: {lam: [0.5]}}]\n", "not a tunable hyper-parameter"),
     ("model: [1, 2]\n", "model: expected a mapping"),
     ("train: {lr: 1e-3x}\n", "train.lr: expected a number"),
     ("a: [\n", "invalid YAML"),
@@ -35,6 +64,18 @@ def test_bad_config_names_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_yaml(PipelineConfig, path)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_bad_bytes_and_silo_policies_name_file_and_key(tmp_path):
+    path = tmp_path / "garbage.yaml"
+    path.write_bytes(b"model: {hidden: 64}\n\xff\xfe\x00junk")
+    with pytest.raises(ConfigError, match="garbage.yaml: not UTF-8 text"):
+        load_yaml(PipelineConfig, path)
+    from common.federated.silo import policy_from
+    for key, value in (("max_rows_per_message", 0), ("metric_epsilon", float("inf")),
+                       ("validation_max_users", 0), ("min_users", 0), ("query_budget", -1)):
+        with pytest.raises(ConfigError, match=f"node config: {key} must be a finite number"):
+            policy_from({key: value}, "node config")
 
 
 def test_exponent_floats_read_as_numbers(tmp_path):

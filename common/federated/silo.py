@@ -37,6 +37,7 @@ from ..io import atomic_write_text
 from ..model import TextSeqRec, model_from_state, state_hash
 from ..model.recommender import ItemInputs
 from ..backbone import item_inputs
+from ..settings.bounds import AT_LEAST_1, Bound, check_bounds
 from ..settings.training import check_interpolation, check_loss
 from ..training import TrainConfig, checkpoint_path, fine_tune_cached
 from .budget import Budget, BudgetExceeded, BudgetLedger
@@ -88,14 +89,11 @@ class SiloPolicy:
         if not set(self.catalogue_forms) <= set(CATALOGUE_FORMS):
             raise ValueError(f"catalogue_forms must be among {list(CATALOGUE_FORMS)}, "
                              f"got {self.catalogue_forms}")
-        if self.max_answer_topk is not None and self.max_answer_topk < 1:
-            raise ValueError(f"max_answer_topk must be >= 1, got {self.max_answer_topk}")
-        if self.min_users < 1:
-            raise ValueError(f"min_users must be >= 1, got {self.min_users}")
-        if self.metric_epsilon is not None and self.metric_epsilon <= 0:
-            raise ValueError(f"metric_epsilon must be > 0, got {self.metric_epsilon}")
-        if self.validation_max_users is not None and self.validation_max_users < 1:
-            raise ValueError(f"validation_max_users must be >= 1, got {self.validation_max_users}")
+        check_bounds(self, min_users=Bound(1, why="no metric over fewer users"),
+                     query_budget=AT_LEAST_1, max_rows_per_message=AT_LEAST_1,
+                     max_models_per_message=AT_LEAST_1, max_model_values=AT_LEAST_1,
+                     metric_epsilon=Bound(0, strict=True, why="the noise of released metrics"),
+                     max_answer_topk=AT_LEAST_1, validation_max_users=AT_LEAST_1)
 
     def validation(self) -> EvalConfig:
         """The protocol of ``query.validate``: the silo's own, on its validation split, at 10."""

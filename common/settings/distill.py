@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .bounds import AT_LEAST_1, POSITIVE, Bound, check_bounds
+
 Granularity = Literal["task", "layer", "tensor"]
 
 
@@ -81,5 +83,5 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.residual_lr < 0:
-            raise ValueError(f"residual_lr must be >= 0 (0 = off), got {self.residual_lr}")
+        check_bounds(self, steps=AT_LEAST_1, batch_size=AT_LEAST_1, lr=POSITIVE,
+                     item_refresh_every=AT_LEAST_1, residual_lr=Bound(0, why="0 = off"))

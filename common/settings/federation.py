@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .bounds import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bound, check_bounds
 from .distill import DistillConfig, LossConfig, PseudoUserConfig
 from .merging import MergeConfig
 from .model import ModelConfig
@@ -81,6 +82,15 @@ class FederationConfig:
     train_timeout_s: float = 7200.0
     query_timeout_s: float = 900.0
     eval_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        check_bounds(self, min_silos=AT_LEAST_1, query_budget=AT_LEAST_1,
+                     max_query_rows=AT_LEAST_1, max_catalogue_items=AT_LEAST_1,
+                     update_norm_limit=Bound(2, why="below 2 refuses honest silos; it must be "
+                                             "finite to refuse anything"),
+                     teacher_check_rows=Bound(0, why="0 turns the answer check off"),
+                     teacher_tolerance=Bound(0, 1), wait_for_silos_s=AT_LEAST_0,
+                     train_timeout_s=POSITIVE, query_timeout_s=POSITIVE, eval_timeout_s=POSITIVE)
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from .bounds import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bound, check_bounds
+
 MAX_WHITEN = 0.9  # whitening strength at which the catalogue's weakest directions still stay bounded
 MAX_HISTORY_DECAY = 0.95
 
@@ -74,6 +76,10 @@ class ModelConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
+        check_bounds(self, text_dim=AT_LEAST_1, hidden=AT_LEAST_1, layers=AT_LEAST_0,
+                     heads=AT_LEAST_1, max_len=AT_LEAST_1, dropout=Bound(0, 0.99),
+                     item_hidden=AT_LEAST_1, temperature=POSITIVE, text_layers=AT_LEAST_0,
+                     text_heads=AT_LEAST_1, text_ffn=AT_LEAST_1, text_eps=POSITIVE)
         if self.user not in ("sequence", "history_text"):
             raise ValueError(f"model.user must be 'sequence' or 'history_text', got {self.user!r}")
         if self.user == "history_text" and self.text_layers <= 0:

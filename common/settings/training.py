@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .bounds import AT_LEAST_0, AT_LEAST_1, POSITIVE, Bound, check_bounds
 from .data import Split
 from .model import ModelConfig
 
@@ -26,6 +27,11 @@ class DPConfig:
     clip_norm: float = 1.0
     noise_multiplier: float | None = None
     train_item_tower: bool = False
+
+    def __post_init__(self) -> None:
+        check_bounds(self, epsilon=Bound(0, strict=True, why="the privacy target"),
+                     delta=Bound(0, 1, strict=True), clip_norm=POSITIVE,
+                     noise_multiplier=Bound(0, why="0 adds no noise"))
 
 
 @dataclass
@@ -65,6 +71,12 @@ class TrainConfig:
     seed: int = 0
     dp: DPConfig | None = None
 
+    def __post_init__(self) -> None:
+        check_bounds(self, epochs=AT_LEAST_1, batch_size=AT_LEAST_1, lr=POSITIVE,
+                     negatives=AT_LEAST_1, text_lr=POSITIVE, text_refresh_steps=AT_LEAST_1,
+                     weight_decay=AT_LEAST_0, warmup_steps=AT_LEAST_0, patience=AT_LEAST_1,
+                     val_max_users=AT_LEAST_1, interpolation_grid=AT_LEAST_0)
+
 
 @dataclass
 class EvalConfig:
@@ -75,6 +87,9 @@ class EvalConfig:
     mask_history: bool = False
     batch_size: int = 1024
     max_users: int | None = None
+
+    def __post_init__(self) -> None:
+        check_bounds(self, ks=AT_LEAST_1, batch_size=AT_LEAST_1, max_users=AT_LEAST_1)
 
 
 MAX_INTERPOLATION_GRID = 20  # each point of the grid costs the silo one validation pass
