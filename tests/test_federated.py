@@ -10,7 +10,8 @@ import torch
 
 from common.config import ConfigError
 from common.data import SyntheticConfig, make_synthetic_domains
-from common.federated import (EVALUATE, INFO, QUERY, TRAIN, FederationError, LocalFederation,
+from common.federated import (EVALUATE, INFO, QUERY, TRAIN, VALIDATE, FederationError,
+                              LocalFederation,
                               Payload, QueryRefused, RunSettings, Silo, SiloConfig, SiloPolicy,
                               check_update, run_coordinator)
 from common.federated.protocol import (EvalRequest, TrainRequest, decode_answer, decode_eval_reply,
@@ -199,8 +200,9 @@ def test_ledger_counts_what_left_each_silo(tmp_path):
     report = run_coordinator(cfg.coordinator(), _federation(tmp_path, cfg), log=lambda _: None)
     led = report["ledger"]["beauty"]
     # one-item pseudo-users: 60 items in rounds of 25 rows (3 messages); the walk variant asks
-    # 3 more for full rows and 3 for its top-k answers
-    assert led["messages"] == {"train": 1, "query.distill": 9, "evaluate": 1}
+    # 3 more for full rows and 3 for its top-k answers; validation: the ties grid, the
+    # contribution check and the new-domain path, one message each
+    assert led["messages"] == {"train": 1, "query.distill": 9, "query.validate": 3, "evaluate": 1}
     assert led["queries"] == 3 * 60 and led["errors"] == 0
     assert led["bytes"] > 60 * 64 * 4  # weights and the frozen item vectors
 
@@ -219,7 +221,7 @@ def test_rerun_reuses_fine_tuning_and_writes_outputs_atomically(tmp_path):
     config = json.loads((out / "models" / "mergerec_task-wise" / "config.json").read_text())
     assert config["base_hash"] == again["base_hash"] and config["kind"] == "learned"
     ledger = json.loads((out / "ledger.json").read_text())
-    assert {m["kind"] for m in ledger["messages"]} == {TRAIN, QUERY, EVALUATE}
+    assert {m["kind"] for m in ledger["messages"]} == {TRAIN, QUERY, VALIDATE, EVALUATE}
 
 
 def test_two_variants_of_one_method_coexist_and_unnamed_twins_are_refused(tmp_path):

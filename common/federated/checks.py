@@ -53,21 +53,48 @@ def task_vector_norm(state: StateDict, base: StateDict) -> float:
                                 for k in base)))
 
 
+def median_of_others(norms: dict[str, float], name: str, floor: float) -> float | None:
+    """The median of the other silos' norms, at least ``floor`` (``None``: no other silo).
+    A robust scale: one silo cannot move the median it is compared with."""
+    others = sorted(v for n, v in norms.items() if n != name)
+    if not others:
+        return None
+    mid = len(others) // 2
+    return max(floor, others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2)
+
+
 def norm_outliers(norms: dict[str, float], limit: float, floor: float) -> dict[str, str]:
-    """Silos whose task-vector norm exceeds ``limit`` times the median of the other silos'
-    (a robust rule: one silo cannot move the median it is compared with), with the reason.
-    Medians below ``floor`` count as ``floor`` (silos that barely moved make no scale)."""
+    """Silos whose task-vector norm exceeds ``limit`` times the median of the other silos',
+    with the reason. Medians below ``floor`` count as ``floor`` (silos that barely moved make
+    no scale)."""
     out = {}
     for name, norm in norms.items():
-        others = sorted(v for n, v in norms.items() if n != name)
-        if not others:
+        median = median_of_others(norms, name, floor)
+        if median is None:
             continue
-        mid = len(others) // 2
-        median = max(floor, others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2)
         if norm > limit * median:
             out[name] = (f"task-vector norm {norm:.3g} is {norm / median:.1f}x the median of "
                          f"the other silos' ({median:.3g}; limit {limit:g}x)")
     return out
+
+
+def clip_task_vectors(states: dict[str, StateDict], base: StateDict, norms: dict[str, float],
+                      factor: float | None, floor: float) -> tuple[dict[str, StateDict],
+                                                                  dict[str, float]]:
+    """The states with every task vector scaled down to at most ``factor`` times the median of
+    the other silos' norms (robust norm bounding), and the scale applied to each shortened one."""
+    if factor is None:
+        return dict(states), {}
+    out, scales = {}, {}
+    for name, state in states.items():
+        median = median_of_others(norms, name, floor)
+        scale = 1.0 if median is None or norms[name] <= factor * median else \
+            factor * median / norms[name]
+        if scale < 1.0:
+            scales[name] = scale
+            state = {k: base[k] + scale * (v - base[k]) for k, v in state.items()}
+        out[name] = state
+    return out, scales
 
 
 def non_finite(state: StateDict) -> list[str]:

@@ -34,7 +34,8 @@ from ..data.domain import texts_hash
 from ..package import PackageInfo, add_new_domain_route, finish_package
 from ..report import Stages, peak_rss_mb, write_report
 from ..text import make_encoder
-from .checks import check_update, check_vectors, non_finite, norm_outliers, task_vector_norm
+from .checks import (check_update, check_vectors, clip_task_vectors, non_finite, norm_outliers,
+                     task_vector_norm)
 from ..settings import CoordinatorConfig, LearnedMergeSpec, ServingConfig
 from .ledger import Ledger
 from .pool import (BASE_LABEL, IN_DOMAIN_LABEL, NEW_DOMAIN_LABEL, ModelEntry, ModelPool,
@@ -43,7 +44,7 @@ from .protocol import (EVALUATE, TRAIN, EvalRequest, Failure, Payload, RunSettin
                        decode_eval_reply, decode_train_reply, encode_eval_request,
                        encode_train_request, layout_of)
 from .run import Federation, FederationError, Run, Session, StateDict, safe_name
-from .selection import new_domain_path, tune_merges
+from .selection import contribution_check, new_domain_path, tune_merges
 from .teachers import AnswerCheck, ask_silos, build_pseudo_data
 
 Extra = Callable[[StateDict, ModelConfig], dict[str, StateDict]]
@@ -67,6 +68,8 @@ def run_coordinator(cfg: CoordinatorConfig, fed: Federation, extra_models: Extra
     outputs = RunOutputs(cfg.output_dir) if own_outputs else outputs  # type: ignore[arg-type]
     ctx = _start(cfg, fed, log, ledger if ledger is not None else Ledger(), outputs)
     pool = collect_updates(ctx)
+    if cfg.federation.contribution_tolerance is not None and len(ctx.merge_inputs) > 1:
+        ctx.stages.run("contribution check on validation", contribution_check, ctx)
     add_baselines(ctx, pool, extra_models)
     training_free_merges(ctx, pool)
     learned_merges(ctx, pool)
@@ -133,12 +136,16 @@ def collect_updates(ctx: Run) -> ModelPool:
         ctx.session.fail(Failure(name, "train", f"rejected update: {reason}"))
         del accepted[name]
     ctx.require("fine-tuning", list(accepted))
+    ctx.merge_inputs, clipped = clip_task_vectors({n: u.state for n, u in accepted.items()},
+                                                  ctx.base, norms, fcfg.task_vector_clip, floor)
     pool = ModelPool()
     ctx.keep(pool, ModelEntry(BASE_LABEL, "base", ctx.base), {"method": "the pretrained base θ₀"})
     for name, update in accepted.items():
         pool.add(ModelEntry(finetuned_label(name), "finetuned", update.state, name,
                             update.share_weights))
-        ctx.training[name] = {**update.metrics, "task_vector_norm": norms[name]}
+        ctx.training[name] = {**update.metrics, "task_vector_norm": norms[name],
+                              **({"task_vector_clipped_to": clipped[name]} if name in clipped
+                                 else {})}
         ctx.save(f"received/{safe_name(name)}.safetensors", update.state, silo=name)
         if ctx.outputs is not None and update.item_texts:  # what the silo shared, as a table
             atomic_write_text(ctx.outputs.path(f"catalogues/{safe_name(name)}.csv"),
@@ -188,7 +195,7 @@ def add_baselines(ctx: Run, pool: ModelPool, extra_models: Extra | None) -> None
 def training_free_merges(ctx: Run, pool: ModelPool) -> None:
     """Phase 2: each configured merge of the accepted models (a non-finite one fails alone);
     a merge with a grid is first tuned on the training silos' validation splits."""
-    states = [e.state for e in pool.of_kind("finetuned")]
+    states = list(ctx.merge_inputs.values())
     tuned = ctx.stages.run("tune training-free merges on validation", tune_merges, ctx, states,
                            ctx.cfg.merges) if any(m.grid for m in ctx.cfg.merges) else {}
     for label, (_, choice) in tuned.items():
@@ -207,31 +214,35 @@ def training_free_merges(ctx: Run, pool: ModelPool) -> None:
 def learned_merges(ctx: Run, pool: ModelPool) -> None:
     """Phases 3 and 4: pseudo-users and verified teacher answers (shared by variants that
     use the same pseudo-users), then each learned variant; one that fails or ends with
-    non-finite weights is a recorded failure, the others are kept."""
+    non-finite weights is a recorded failure, the others are kept. A silo whose answers fail
+    their check (or never come) is left out of every later merge."""
     fcfg = ctx.cfg.federation
-    finetuned = {e.silo: e.state for e in pool.of_kind("finetuned")}
-    teachers = {n: model_from_state(ctx.model_cfg, s) for n, s in finetuned.items()}
+    sent = {e.silo: e.state for e in pool.of_kind("finetuned")}  # what the silos answer with
+    teachers = {n: model_from_state(ctx.model_cfg, sent[n]) for n in ctx.merge_inputs}
     check = AnswerCheck(teachers, ctx.features, fcfg.teacher_check_rows, fcfg.teacher_tolerance)
     require_dp = ctx.cfg.train.dp is not None and ctx.cfg.train.dp.epsilon is not None
     sizes = {n: len(f) for n, f in ctx.features.items()}
 
     def ask(seqs, topk):  # type: ignore[no-untyped-def]
-        return ask_silos(ctx.session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
-                         require_dp, sizes, check)
+        answers = ask_silos(ctx.session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
+                            require_dp, sizes, check)
+        for name in set(seqs) - set(answers):
+            ctx.leave_out_of_merges(name, "query", "its teacher answers failed or never came")
+        return answers
 
     def base_vectors(name: str) -> torch.Tensor:
         with torch.no_grad():
             return model_from_state(ctx.model_cfg, ctx.base).text_vectors(ctx.features[name])
 
-    features = {n: ctx.features[n] for n in finetuned}
     cache: dict[str, list[DomainPseudoData]] = {}
     for spec in ctx.cfg.learned:
         key = json.dumps([to_dict(spec.pseudo_users), spec.teacher_topk,
                           spec.distill.loss.needs_teacher])
         if key not in cache:  # variants with the same pseudo-users share the answers
+            features = {n: ctx.features[n] for n in ctx.merge_inputs}
             cache[key] = ctx.stages.run(f"pseudo-users + silo answers ({spec.name})",
                                         build_pseudo_data, spec, features, ask, base_vectors)
-        _learn_variant(ctx, pool, spec, cache[key])
+        _learn_variant(ctx, pool, spec, [d for d in cache[key] if d.name in ctx.merge_inputs])
 
 
 def _learn_variant(ctx: Run, pool: ModelPool, spec: LearnedMergeSpec,
@@ -240,7 +251,7 @@ def _learn_variant(ctx: Run, pool: ModelPool, spec: LearnedMergeSpec,
     if not pseudo:
         ctx.session.fail(Failure("*", stage, "no silo answered the queries"))
         return
-    states = [e.state for e in pool.of_kind("finetuned")]
+    states = [ctx.merge_inputs[d.name] for d in pseudo]
     learned = ctx.session.guard("*", stage, lambda: ctx.stages.run(
         stage, run_learned_merge, spec, ctx.base, states, ctx.model_cfg, pseudo))
     if learned is None:
@@ -353,6 +364,8 @@ def build_report(ctx: Run, pool: ModelPool, per_silo: dict[str, dict[str, dict[s
         "training": ctx.training,
         "learned_weights": ctx.learned_weights,
         "chosen_on_validation": ctx.choices,
+        "contribution_check": {"harm": ctx.contributions,
+                               "merged": list(ctx.merge_inputs)},
         "ledger": ctx.session.ledger.summary(),
         "stages": ctx.stages.records,
         "total_seconds": ctx.stages.total_seconds(),

@@ -102,6 +102,16 @@ class Run:
     catalogues: dict[str, str] = field(default_factory=dict)
     made_by: dict[str, dict] = field(default_factory=dict)
     choices: dict[str, dict] = field(default_factory=dict)  # chosen on the silos' validation
+    # each training silo's weights as every merge takes them (robust merging: clipped task
+    # vectors; silos caught at a check or by the contribution check are left out)
+    merge_inputs: dict[str, StateDict] = field(default_factory=dict)
+    contributions: dict[str, float] = field(default_factory=dict)
+
+    def leave_out_of_merges(self, silo: str, stage: str, reason: str) -> None:
+        """``silo`` takes no part in any later merge of the run (recorded as its failure)."""
+        if silo in self.merge_inputs:
+            del self.merge_inputs[silo]
+            self.session.fail(Failure(silo, stage, f"left out of every merge: {reason}"))
 
     @property
     def base_hash(self) -> str:

@@ -78,7 +78,7 @@ def tune_merges(ctx: Run, finetuned: list[StateDict], merges: list[MergeConfig]
                for m in tuned for c in m.candidates()}
     states = {label: build_merge(c, ctx.base, finetuned).merged(ctx.base)
               for label, (_, c) in configs.items()}
-    per_silo = {n: {label: (s, None) for label, s in states.items()} for n in ctx.trainers()}
+    per_silo = {n: {label: (s, None) for label, s in states.items()} for n in ctx.merge_inputs}
     metrics = validate(ctx, "tune training-free merges", per_silo)
     out = {}
     for m in tuned:
@@ -93,7 +93,7 @@ def new_domain_path(ctx: Run, pool: ModelPool, cfg: NewDomainConfig) -> Choice:
     """Choose and add the new-domain path (:class:`~common.settings.NewDomainConfig`): every
     training silo scores every candidate built without its own task vector, against θ₀ on the
     same users; the kept candidate joins the pool as :data:`NEW_DOMAIN_LABEL`."""
-    finetuned = {e.silo: e.state for e in pool.of_kind("finetuned")}
+    finetuned = dict(ctx.merge_inputs)
     names = {c: candidate_label(*c) for c in cfg.candidates()}
     per_silo: dict[str, Candidates] = {}
     for silo in finetuned:
@@ -121,6 +121,35 @@ def new_domain_path(ctx: Run, pool: ModelPool, cfg: NewDomainConfig) -> Choice:
     return Choice(best, table, sorted(metrics))
 
 
+def contribution_check(ctx: Run) -> None:
+    """Leave out of every merge a silo whose task vector harms the others: each training silo
+    scores task arithmetic of every silo's vector (at ``contribution_lambda``) and the same
+    without each other silo's; a silo's harm is the relative drop of Recall@10 its vector
+    causes, the median over the silos judging it (at least three), else the smallest, so one
+    lying judge can neither protect itself nor push an honest silo out."""
+    fcfg = ctx.cfg.federation
+    lam, names = fcfg.contribution_lambda, list(ctx.merge_inputs)
+    everyone = _task_arithmetic(ctx.base, list(ctx.merge_inputs.values()), lam)
+    without = {k: _task_arithmetic(ctx.base, [s for n, s in ctx.merge_inputs.items() if n != k],
+                                   lam) for k in names}
+    per_silo: dict[str, Candidates] = {
+        j: {"all": (everyone, None), **{f"without {k}": (without[k], None) for k in names if k != j}}
+        for j in names}
+    metrics = validate(ctx, "contribution check", per_silo)
+    for k in names:
+        drops = sorted(1.0 - metrics[j]["all"]["recall@10"]
+                       / max(1e-12, metrics[j][f"without {k}"]["recall@10"])
+                       for j in metrics if j != k)
+        if drops:
+            ctx.contributions[k] = drops[len(drops) // 2] if len(drops) >= 3 else drops[0]
+    tolerance = fcfg.contribution_tolerance or 1.0
+    for k, harm in ctx.contributions.items():
+        if harm > tolerance:
+            ctx.leave_out_of_merges(k, "contribution check", f"adding its task vector lowers "
+                                    f"the other silos' validation Recall@10 by {harm:.0%} "
+                                    f"(tolerance {tolerance:.0%})")
+
+
 def candidate_label(lam: float, whiten: float, decay: float) -> str:
     return "θ₀" if (lam, whiten, decay) == (0.0, 0.0, 0.0) else \
         f"λ {lam:g}, whiten {whiten:g}, history decay {decay:g}"
@@ -142,4 +171,5 @@ def _task_arithmetic(base: StateDict, finetuned: list[StateDict], lam: float) ->
     return build_merge(MergeConfig("task_arithmetic", lam=lam), base, finetuned).merged(base)
 
 
-__all__ = ["BASE_LABEL", "Choice", "new_domain_path", "tune_merges", "validate"]
+__all__ = ["BASE_LABEL", "Choice", "contribution_check", "new_domain_path", "tune_merges",
+           "validate"]

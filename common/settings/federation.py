@@ -65,6 +65,13 @@ class FederationConfig:
     θ₀'s norm) is rejected;
     ``teacher_check_rows`` rows of every teacher answer are re-computed from the silo's
     weights and must agree within ``teacher_tolerance`` (0 rows: no check).
+    Robust merging (every merge, training-free, learned and the new-domain path, takes the
+    silos' task vectors as these leave them): a task vector longer than ``task_vector_clip``
+    times the median of the other silos' norms is scaled down to that length (``None``: off);
+    a silo whose task vector, added at ``contribution_lambda`` to the other silos' (task
+    arithmetic), lowers the other silos' mean validation Recall@10 by more than the fraction
+    ``contribution_tolerance`` is left out of every merge of the run, and so is a silo whose
+    teacher answers fail their check (``None``: no contribution check).
     """
 
     catalogue: Literal["text", "vectors"] = "text"
@@ -78,6 +85,9 @@ class FederationConfig:
     update_norm_limit: float = 10.0
     teacher_check_rows: int = 16
     teacher_tolerance: float = 1e-3
+    task_vector_clip: float | None = 2.0
+    contribution_tolerance: float | None = 0.2
+    contribution_lambda: float = 0.3
     wait_for_silos_s: float = 120.0
     train_timeout_s: float = 7200.0
     query_timeout_s: float = 900.0
@@ -90,6 +100,9 @@ class FederationConfig:
                                              "finite to refuse anything"),
                      teacher_check_rows=Bound(0, why="0 turns the answer check off"),
                      teacher_tolerance=Bound(0, 1), wait_for_silos_s=AT_LEAST_0,
+                     task_vector_clip=Bound(1, why="below 1 shortens the median silo"),
+                     contribution_tolerance=Bound(0, 1, strict=True),
+                     contribution_lambda=Bound(0, 2, strict=True),
                      train_timeout_s=POSITIVE, query_timeout_s=POSITIVE, eval_timeout_s=POSITIVE)
 
 
