@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from common.config import ConfigError, from_dict
 from common.data import SyntheticConfig, make_synthetic_domains
@@ -25,7 +24,7 @@ from common.model.recommender import pad_sequences
 from common.package import PackageError, load_package
 from common.pipeline import local_silos, run_pipeline
 from common.recommend import Catalogue, Recommender
-from common.settings import MergeConfig, NewDomainConfig, ServingConfig
+from common.settings import MergeConfig, ServingConfig
 from tests.runs import tiny_config
 
 MODEL = ModelConfig(text_dim=64, hidden=16, layers=1, heads=2, max_len=8, item_hidden=32)

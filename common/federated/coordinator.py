@@ -26,7 +26,7 @@ import torch
 
 from ..backbone import item_inputs, resolve_base
 from ..config import to_dict
-from ..distill import DomainPseudoData, LearnResult, learn_merge_weights
+from ..distill import DomainPseudoData, LearnResult, learn_merge_weights, teacher_scores
 from ..io import RunOutputs, atomic_write_text
 from ..merging import build_merge
 from ..model import ModelConfig, TextSeqRec, model_from_state, state_hash
@@ -222,13 +222,20 @@ def learned_merges(ctx: Run, pool: ModelPool) -> None:
     check = AnswerCheck(teachers, ctx.features, fcfg.teacher_check_rows, fcfg.teacher_tolerance)
     require_dp = ctx.cfg.train.dp is not None and ctx.cfg.train.dp.epsilon is not None
     sizes = {n: len(f) for n, f in ctx.features.items()}
+    # a silo whose task vector was shortened is distilled from the weights as merged, which
+    # the coordinator holds: its own answers would pull the merge back toward its long vector
+    clipped = {n: model_from_state(ctx.model_cfg, ctx.merge_inputs[n]) for n in ctx.merge_inputs
+               if "task_vector_clipped_to" in ctx.training.get(n, {})}
 
     def ask(seqs, topk):  # type: ignore[no-untyped-def]
-        answers = ask_silos(ctx.session, seqs, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
+        asked = {n: s for n, s in seqs.items() if n not in clipped}
+        answers = ask_silos(ctx.session, asked, topk, fcfg.max_query_rows, fcfg.query_timeout_s,
                             require_dp, sizes, check)
-        for name in set(seqs) - set(answers):
+        for name in set(asked) - set(answers):
             ctx.leave_out_of_merges(name, "query", "its teacher answers failed or never came")
-        return answers
+        for name in set(seqs) & set(clipped):
+            answers[name] = teacher_scores(clipped[name], ctx.features[name], seqs[name], topk)
+        return {n: answers[n] for n in seqs if n in answers}  # the run's order
 
     def base_vectors(name: str) -> torch.Tensor:
         with torch.no_grad():

@@ -220,8 +220,9 @@ class Silo:
             req = decode_train_request(request, self.policy.max_model_values)
         except QueryRefused:
             raise
-        except (KeyError, ValueError, TypeError) as exc:
-            raise QueryRefused(f"malformed training request ({type(exc).__name__})") from None
+        except (KeyError, ValueError, TypeError) as exc:  # the coordinator's own values only
+            raise QueryRefused(f"malformed training request ({type(exc).__name__}: {exc})") \
+                from None
         if req.catalogue not in self.policy.catalogue_forms:
             raise QueryRefused(f"silo {self.cfg.name} shares its catalogue only as "
                                f"{' or '.join(self.policy.catalogue_forms) or 'nothing'}")

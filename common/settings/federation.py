@@ -85,7 +85,7 @@ class FederationConfig:
     update_norm_limit: float = 10.0
     teacher_check_rows: int = 16
     teacher_tolerance: float = 1e-3
-    task_vector_clip: float | None = 2.0
+    task_vector_clip: float | None = 3.0
     contribution_tolerance: float | None = 0.2
     contribution_lambda: float = 0.3
     wait_for_silos_s: float = 120.0
