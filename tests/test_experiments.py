@@ -638,3 +638,42 @@ def test_lodo_oracle_on_a_finished_leave_one_out_run(tmp_path, monkeypatch, caps
                              federation={"eval_only": ["pantry"]}))
     with pytest.raises(SystemExit, match="evaluated on the val split"):
         oracles(on_val, ["task"], 3, 8, 20)
+
+
+def _lodo_run(root: Path, left_out: str, seed: int, path_r10: float) -> None:
+    """A finished leave-one-out run's report.json, as the runner writes it (the fields read)."""
+    seen = [d for d in ("A", "B", "C") if d != left_out]
+    cell = lambda r: {"recall@10": r, "ndcg@10": r / 2}  # noqa: E731
+    results = {"zero-shot base θ₀": {left_out: cell(0.10)}, "average": {left_out: cell(0.09)},
+               "new-domain path": {left_out: cell(path_r10)},
+               **{f"fine-tuned on {s}": {left_out: cell(0.05 + 0.01 * i)}
+                  for i, s in enumerate(seen)}}
+    report = {"config": {"federation": {"eval_only": [left_out]}, "merges": [{"method": "average"}],
+                         "learned": []},
+              "results": results, "training": {s: {} for s in seen},
+              "protocol": {"per_silo": {left_out: {"users": 1000}}},
+              "chosen_on_validation": {"new-domain path": {
+                  "chosen": "λ 0, whiten 0.5, history decay 0.2", "silos": seen,
+                  "table": {"λ 0, whiten 0.5, history decay 0.2": {"recall@10 / θ₀": 1.06}}}},
+              "stages": {"choose the new-domain path on validation": {"seconds": 3.0,
+                                                                      "peak_rss_mb": 100.0}},
+              "total_seconds": 60.0}
+    folder = root / f"unseen_{left_out}" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(report))
+
+
+def test_lodo_report_checks_every_left_out_domain_and_the_average(tmp_path):
+    from experiments.lodo_report import TRANSFERRED, check_targets, load_runs, report_markdown
+
+    for domain, r10 in (("A", 0.11), ("B", 0.104), ("C", 0.099)):
+        _lodo_run(tmp_path, domain, 0, r10)
+    runs = load_runs(tmp_path)
+    checks = {name: ok for name, ok, _ in check_targets(runs, 0)}
+    assert checks["A: new-domain path >= 1.00 x θ₀, recall@10"]
+    assert not checks["C: new-domain path >= 1.00 x θ₀, recall@10"]  # 0.099 < 0.10
+    assert checks["A: new-domain path >= best single silo transferred (C), recall@10"]
+    average = next(ok for name, ok in checks.items() if name.startswith("average"))
+    assert not average  # (0.11 + 0.104 + 0.099) / 3 = 0.1043 < 1.05 x 0.10
+    text = report_markdown(runs)
+    assert f"{TRANSFERRED} (C)" in text and "| C | 0 | λ 0, whiten 0.5, history decay 0.2 |" in text
