@@ -120,9 +120,9 @@ class NewDomainConfig:
     every silo (θ₀ itself when none is). The item-history bonus stays θ₀'s: a new shop may
     sell repeat purchases or not, and only its users could tell."""
 
-    task_arithmetic: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3])
-    whiten: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75])
-    history_decay: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])
+    task_arithmetic: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2])
+    whiten: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.75, 0.9])
+    history_decay: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.6])
 
     def __post_init__(self) -> None:
         for name, top in (("task_arithmetic", 2.0), ("whiten", 0.9), ("history_decay", 0.95)):
