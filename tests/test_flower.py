@@ -132,6 +132,7 @@ ALLOWED = {  # message kind -> (array names, config keys); nothing else may leav
     "train": ({"weights"}, {"weights#layout", "silo", "base-hash", "item-texts", "share-weights"}),
     "query.distill": ({"scores", "indices"}, {"silo", "num-items"}),
     "evaluate": (set(), {"silo", "labels", "protocol"}),
+    "query.validate": (set(), {"silo", "labels", "protocol"}),
 }
 
 

@@ -72,10 +72,12 @@ class TrainConfig:
     dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
+        # negatives and interpolation_grid: checked where they apply, naming the setting's
+        # place (check_loss, check_interpolation)
         check_bounds(self, epochs=AT_LEAST_1, batch_size=AT_LEAST_1, lr=POSITIVE,
-                     negatives=AT_LEAST_1, text_lr=POSITIVE, text_refresh_steps=AT_LEAST_1,
+                     text_lr=POSITIVE, text_refresh_steps=AT_LEAST_1,
                      weight_decay=AT_LEAST_0, warmup_steps=AT_LEAST_0, patience=AT_LEAST_1,
-                     val_max_users=AT_LEAST_1, interpolation_grid=AT_LEAST_0)
+                     val_max_users=AT_LEAST_1)
 
 
 @dataclass
