@@ -350,6 +350,21 @@ class Poisoned(Silo):
                 reply.arrays["indices"] = idx
         elif self.how == "huge":
             scores = np.where(np.arange(scores.size).reshape(scores.shape) % 2, 3e38, -3e38)
+        elif self.how.endswith("_unchecked"):  # only the rows an evenly spaced check skips
+            n = len(scores)
+            spared = set(torch.linspace(0, n - 1, min(16, n)).round().long().tolist())
+            rows = [r for r in range(n) if r not in spared]
+            gen = np.random.default_rng(0)
+            if self.how == "huge_unchecked":
+                scores = scores.copy()
+                scores[rows] = 3e38
+            elif "indices" in reply.arrays:  # in range: the top k's items shuffled
+                idx = reply.arrays["indices"].copy()
+                idx[rows] = gen.permuted(idx[rows], axis=1)[:, ::-1]
+                reply.arrays["indices"] = idx
+            else:  # in range: each row's scores given to other items
+                scores = scores.copy()
+                scores[rows] = gen.permuted(scores[rows], axis=1)
         reply.arrays["scores"] = scores.astype(np.float32)
         return reply
 
@@ -392,6 +407,25 @@ def test_one_bad_silo_is_refused_or_harmless(tmp_path, honest, how, attack):
     handled(attack, finite and (bool(refused) or kept) and "mergerec task-wise" in res)
     if refused:
         assert refused[0]["reason"], refused
+
+
+@pytest.mark.parametrize("how,attack,check", [
+    ("huge_unchecked", "scores of 3e38 on the rows an evenly spaced check skips", "outside"),
+    ("shuffled_unchecked", "in-range answers shuffled on the rows an evenly spaced check skips",
+     "drawn at random"),
+])
+def test_poison_on_rows_the_silo_expects_unchecked_is_caught_and_blamed(tmp_path, honest, how,
+                                                                        attack, check):
+    """Every score is held to the range the silo's weights allow, and the re-computed rows
+    are drawn at random: the poisoned silo is named at the query stage, left out of every
+    merge, and the honest domains keep their learned merges."""
+    report = _tiny_run(tmp_path, how)
+    caught = [f for f in report["failures"] if f["silo"] == "sports" and f["stage"] == "query"]
+    res, ref = report["results"], honest["results"]
+    kept = all(res[m][d]["recall@10"] >= 0.9 * ref[m][d]["recall@10"]
+               for m in ("mergerec task-wise", "mergerec layer-wise walk") for d in ("beauty", "pantry"))
+    handled(attack, bool(caught) and check in caught[0]["reason"] and kept and
+            all(f["silo"] == "sports" for f in report["failures"]))
 
 
 def test_without_the_checks_the_scaled_update_ruins_the_honest_domains(tmp_path, honest):

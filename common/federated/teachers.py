@@ -8,6 +8,7 @@ only checking shapes and ranges.
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from ..distill import DomainPseudoData, TeacherSignal, extend_walks, select_items, teacher_scores
 from ..model import TextSeqRec
 from ..model.recommender import ItemInputs
+from ..runtime import on_device
 from ..settings import LearnedMergeSpec
 from .protocol import QUERY, decode_answer, encode_query
 
@@ -44,18 +46,43 @@ def build_pseudo_data(spec: LearnedMergeSpec, features: dict[str, ItemInputs], a
 
 
 class AnswerCheck:
-    """Re-computes ``rows`` evenly spaced rows of an answer with the silo's received weights
-    and refuses it when any score differs by more than ``tolerance``."""
+    """Checks a silo's answer against the weights it sent, in two ways it cannot dodge:
+
+    * every score must lie in the range those weights allow: a cosine in [-1, 1] plus, for a
+      history item, the model's bonus β of that item (computed here once per silo);
+    * ``rows`` rows, drawn at random from a generator the silo cannot predict (the system's
+      entropy, fresh per run), are re-computed and must agree within ``tolerance``, so a silo
+      cannot poison only the rows it expects to go unchecked.
+
+    Answers that change between queries are caught the same way: each query is checked."""
 
     def __init__(self, teachers: dict[str, TextSeqRec], features: dict[str, ItemInputs],
-                 rows: int, tolerance: float) -> None:
+                 rows: int, tolerance: float, rng: random.Random | None = None) -> None:
         self.teachers, self.features = teachers, features
         self.rows, self.tolerance = rows, tolerance
+        self.rng = rng or random.SystemRandom()
+        self._ranges: dict[str, tuple[float, float]] = {}
+
+    def score_range(self, name: str) -> tuple[float, float]:
+        """The lowest and highest score the silo's weights can give (cosine ± its β)."""
+        if name not in self._ranges:
+            model = self.teachers[name]
+            with on_device(model, eval_mode=True) as device, torch.no_grad():
+                beta = model.history_bias(model.encode_items(self.features[name].float().to(device)))
+            self._ranges[name] = (-1.0 + min(0.0, float(beta.min())),
+                                  1.0 + max(0.0, float(beta.max())))
+        return self._ranges[name]
 
     def __call__(self, name: str, seqs: list[list[int]], signal: TeacherSignal) -> str | None:
         if self.rows <= 0:
             return None
-        pick = torch.linspace(0, len(seqs) - 1, min(self.rows, len(seqs))).round().long().unique()
+        low, high = self.score_range(name)
+        if bool((signal.scores < low - self.tolerance).any() |
+                (signal.scores > high + self.tolerance).any()):
+            return (f"scores outside [{low:.3g}, {high:.3g}], the range the weights it sent "
+                    f"can give (min {float(signal.scores.min()):.3g}, max "
+                    f"{float(signal.scores.max()):.3g})")
+        pick = torch.tensor(sorted(self.rng.sample(range(len(seqs)), min(self.rows, len(seqs)))))
         ref = teacher_scores(self.teachers[name], self.features[name],
                              [seqs[int(i)] for i in pick]).scores
         got = signal.rows(pick)
@@ -68,7 +95,8 @@ class AnswerCheck:
                                 (got.scores.sort(1, descending=True).values - top).abs().max())
         if not bool(gap <= self.tolerance):
             return (f"answers differ from the scores of the weights it sent by up to "
-                    f"{float(gap):.3g} (tolerance {self.tolerance:g}) on re-computed rows")
+                    f"{float(gap):.3g} (tolerance {self.tolerance:g}) on re-computed rows "
+                    f"drawn at random")
         return None
 
 
