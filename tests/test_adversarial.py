@@ -109,7 +109,11 @@ def test_lifetime_budget_holds_across_run_ids_and_restarts(tmp_path, domain):
         trainer.handle(QUERY, encode_query([[1], [2], [3]], None), run)  # 3 rows per run
     with pytest.raises(QueryRefused, match="6 pseudo-user rows"):
         _silo(tmp_path / "t", domain, budget=budget).handle(QUERY, encode_query([[1]], None), "b")
-    handled("query budget reset by new run ids and restarts", True)
+    reseeded = TrainRequest(BASE, RUN, TrainConfig(epochs=1, seed=7))  # another model
+    trainer.handle(TRAIN, encode_train_request(reseeded), "e")
+    with pytest.raises(QueryRefused, match="6 pseudo-user rows"):
+        trainer.handle(QUERY, encode_query([[1]], None), "e")
+    handled("query budget reset by new run ids, restarts and a retrained model", True)
 
 
 def test_training_again_does_not_reset_the_query_budget(tmp_path, domain):

@@ -57,12 +57,15 @@ class BudgetLedger:
         self._update(change)
 
     def spend_rows(self, checkpoint: str, rows: int) -> None:
-        """Count ``rows`` distillation rows answered with ``checkpoint``, or refuse them all."""
+        """Count ``rows`` distillation rows answered with ``checkpoint``, or refuse them all;
+        the limit holds for all of the silo's models together (a retrained model, another
+        seed or run id, starts no new budget)."""
         def change(used: dict) -> None:
             per = used.setdefault("distill_rows", {})
-            if per.get(checkpoint, 0) + rows > self.limits.distill_rows:
+            total = sum(per.values())
+            if total + rows > self.limits.distill_rows:
                 raise BudgetExceeded(f"lifetime budget of {self.limits.distill_rows} pseudo-user "
-                                     f"rows for this model: {per.get(checkpoint, 0)} used, "
+                                     f"rows (all of this silo's models): {total} used, "
                                      f"{rows} more asked")
             per[checkpoint] = per.get(checkpoint, 0) + rows
         self._update(change)
