@@ -60,7 +60,8 @@ def own_train_settings(node_config: Mapping[str, object]) -> dict[str, object]:
 
 POLICY_KEYS = {  # node config key -> SiloPolicy field (flat keys, as Flower's node config holds)
     "query-budget": "query_budget", "min-users": "min_users", "share-weights": "share_weights",
-    "max-rows-per-message": "max_rows_per_message", "metric-epsilon": "metric_epsilon",
+    "max-rows-per-message": "max_rows_per_message", "max-query-length": "max_query_length",
+    "metric-epsilon": "metric_epsilon",
     "max-models-per-message": "max_models_per_message", "max-model-values": "max_model_values",
     "max-answer-topk": "max_answer_topk", "answer-validation": "answer_validation",
     "validation-max-users": "validation_max_users",

@@ -142,6 +142,17 @@ def test_the_silo_chooses_its_catalogue_form_and_answer_size(tmp_path, domain):
     handled("a coordinator choosing raw texts and full score rows", answer.scores.shape == (1, 5))
 
 
+def test_pseudo_users_longer_than_the_silo_reads_are_refused(tmp_path, domain):
+    """A query's width is checked before its array is read (a 305 MiB query of very long
+    histories was accepted); the cap is the silo's own."""
+    silo = _silo(tmp_path, domain, max_query_length=8)
+    silo.handle(TRAIN, encode_train_request(TrainRequest(BASE, RUN, TrainConfig(epochs=1))), "r")
+    silo.handle(QUERY, encode_query([[1] * 8], None), "r")
+    with pytest.raises(QueryRefused, match="pseudo-users of 9 items; this silo reads at most 8"):
+        silo.handle(QUERY, encode_query([[1] * 9], None), "r")
+    handled("a query of very long pseudo-user histories", True)
+
+
 def test_a_malformed_evaluation_request_is_refused_not_an_incident(tmp_path, domain):
     silo = _silo(tmp_path, domain)
     with pytest.raises(QueryRefused, match="malformed evaluation request"):
@@ -513,6 +524,9 @@ def _eval_reply_cases() -> dict[str, Payload]:
     p = encode_eval_reply(good, "x", {})
     p.config["protocol"] = "{oops"
     cases["unreadable protocol"] = p
+    p = encode_eval_reply(good, "x", {})
+    p.metrics["0/recall@10"] = True  # a flag read as a rate of 1.0
+    cases["recall sent as True"] = p
     return cases
 
 

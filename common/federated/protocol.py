@@ -388,7 +388,8 @@ def decode_eval_reply(p: Payload, asked: list[str]
         i, _, metric = str(key).partition("/")
         if not i.isdigit() or int(i) >= len(labels) or not METRIC.fullmatch(metric):
             raise ValueError(f"unexpected metric key {key!r}")
-        if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+        if isinstance(value, bool) or not (isinstance(value, (int, float))
+                                           and 0.0 <= float(value) <= 1.0):
             raise ValueError(f"{labels[int(i)]} {metric} = {value!r} is not a rate in [0, 1]")
         out[str(labels[int(i)])][metric] = float(value)
     metric_sets = {tuple(sorted(m)) for m in out.values()}

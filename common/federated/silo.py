@@ -58,7 +58,8 @@ class SiloPolicy:
     split unless ``max_users``). ``min_users``: no metric is released over fewer users.
     ``budget``: lifetime limits (:class:`~common.federated.budget.Budget`); ``query_budget``:
     pseudo-user rows per run on top (``None``: only the lifetime limit). ``max_*``: the largest
-    message it accepts. ``share_weights``: other silos may evaluate its fine-tuned weights (the
+    message it accepts (``max_query_length``: items in one pseudo-user's history; the model
+    reads at most its ``max_len`` anyway). ``share_weights``: other silos may evaluate its fine-tuned weights (the
     cross-domain matrix); off by default. ``encoder_dirs``: local encoder folders it accepts
     besides the packaged MiniLM and the hashing encoder. ``metric_epsilon``: Laplace noise of
     scale 1 / (users · ε) on every released metric (``None``: none). ``catalogue_forms``: how
@@ -75,6 +76,7 @@ class SiloPolicy:
     budget: Budget = field(default_factory=Budget)
     query_budget: int | None = None
     max_rows_per_message: int = 20_000
+    max_query_length: int = 200
     max_models_per_message: int = 64
     max_model_values: int = 50_000_000
     share_weights: bool = False
@@ -91,6 +93,7 @@ class SiloPolicy:
                              f"got {self.catalogue_forms}")
         check_bounds(self, min_users=Bound(1, why="no metric over fewer users"),
                      query_budget=AT_LEAST_1, max_rows_per_message=AT_LEAST_1,
+                     max_query_length=AT_LEAST_1,
                      max_models_per_message=AT_LEAST_1, max_model_values=AT_LEAST_1,
                      metric_epsilon=Bound(0, strict=True, why="the noise of released metrics"),
                      max_answer_topk=AT_LEAST_1, validation_max_users=AT_LEAST_1)
@@ -264,10 +267,13 @@ class Silo:
             raise QueryRefused(f"silo {self.cfg.name} has not trained in this run")
         if "sequences" not in request.arrays:
             raise QueryRefused("the query has no 'sequences' array")
-        rows = getattr(request.arrays["sequences"], "shape", (0,))[0]
+        rows, width = (tuple(getattr(request.arrays["sequences"], "shape", ())) + (0, 0))[:2]
         if rows > self.policy.max_rows_per_message:
             raise QueryRefused(f"{rows} pseudo-users in one message; this silo answers at most "
                                f"{self.policy.max_rows_per_message}")
+        if width > self.policy.max_query_length:
+            raise QueryRefused(f"pseudo-users of {width} items; this silo reads at most "
+                               f"{self.policy.max_query_length} per pseudo-user")
         seqs = decode_sequences(request.arrays["sequences"], self.domain.num_items)
         topk = request.config.get("topk", 0)
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 0:
