@@ -21,6 +21,7 @@ import torch
 
 from .backbone import item_inputs
 from .data import DataError, load_path
+from .data.item_table import unescape_cell
 from .model import TextSeqRec, pad_sequences
 from .package import PackageInfo, load_package
 from .runtime import compute_device
@@ -97,7 +98,8 @@ def _read_table(path: Path) -> Catalogue:
                         f"column or {' / '.join(TEXT_COLUMNS)}; has {columns}")
     ids, texts = [], []
     for n, row in enumerate(rows, start=2):
-        text = " ".join((row.get(c) or "").strip() for c in text_cols if (row.get(c) or "").strip())
+        text = " ".join(unescape_cell((row.get(c) or "").strip()) for c in text_cols
+                        if (row.get(c) or "").strip())
         if not row.get(id_col) or not text:
             raise DataError(f"{path}: line {n} has no id or no text")
         ids.append(row[id_col])

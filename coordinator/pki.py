@@ -34,8 +34,13 @@ DEFAULT_SANS = ("DNS:superlink", "DNS:fleet-gateway", "DNS:localhost", "IP:127.0
 
 
 def _write(path: Path, data: bytes, private: bool, uid: int | None) -> None:
+    """Whatever the umask: a file is never readable by others while written, a private key
+    stays 0600, and a folder that holds keys (all but ``public``) is its owner's only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    os.chmod(path.parent, 0o755 if path.parent.name == "public" else 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
     os.chmod(path, 0o600 if private else 0o644)
     if uid is not None:
         os.chown(path, uid, uid)
@@ -67,6 +72,8 @@ def _sans(specs: list[str]) -> x509.SubjectAlternativeName:
 def make_pki(out: Path, silos: list[str], sans: list[str], days: int = 365,
              uid: int | None = None) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o755)
     ca_key_path, ca_crt_path = out / "ca" / "ca.key", out / "ca" / "ca.crt"
     if ca_key_path.is_file():
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)

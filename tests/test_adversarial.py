@@ -488,6 +488,9 @@ def _mutations() -> dict[str, Payload]:
     p.config["item-texts"] = [1, 2]
     out["catalogue of numbers"] = p
     p = _train_payload()
+    p.config["item-texts"] = ["", "  "]
+    out["catalogue of empty texts"] = p
+    p = _train_payload()
     p.metrics["loss"] = float("nan")
     out["NaN training metric"] = p
     p = _train_payload()

@@ -165,6 +165,22 @@ def test_pki_keys_are_private_and_the_certificate_verifies(tmp_path):
     assert (tmp_path / "public" / "sports.pub").is_file()
 
 
+def test_pki_files_and_folders_ignore_a_permissive_umask(tmp_path):
+    """Under umask 000 the key folders were 0777: keys stay their owner's, public files
+    readable, nothing writable by others."""
+    old = os.umask(0)
+    try:
+        make_pki(tmp_path / "pki", ["beauty"], ["DNS:superlink"])
+    finally:
+        os.umask(old)
+    out = tmp_path / "pki"
+    for folder in ("ca", "superlink", "supernode-beauty"):
+        assert stat.S_IMODE(os.stat(out / folder).st_mode) == 0o700, folder
+    for path in [out, out / "public", *out.rglob("*")]:
+        assert not stat.S_IMODE(os.stat(path).st_mode) & 0o022, path
+    assert stat.S_IMODE(os.stat(out / "supernode-beauty" / "supernode").st_mode) == 0o600
+
+
 def test_node_config_keys_are_ones_the_silo_reads():
     from silos.client_app import BUDGET_KEYS, EVAL_KEYS, POLICY_KEYS
     known = {"silo", "data-dir", "format", "work-dir", "eval-only", "audit-dir", "encoder-dir",

@@ -251,3 +251,18 @@ print(json.dumps({{"ok": ok, "p50": lat[len(lat) // 2], "p95": lat[int(len(lat) 
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     result = json.loads(out.stdout)
     assert result["ok"] == 200 and result["p95"] < 5.0, result
+
+
+def test_a_written_catalogue_is_spreadsheet_safe_and_reads_back_exactly(tmp_path):
+    """Texts that a spreadsheet would run as formulas are written escaped (CSV injection) and
+    the item-table reader gives the original texts back."""
+    from common.data.item_table import item_table
+    from common.recommend import load_catalogue
+
+    texts = ["=HYPERLINK(\"http://x\")", "+1 cable", "-20% soap", "@sum(A1)", "'quoted", "''",
+             "plain text", "'=already escaped"]
+    path = tmp_path / "shop.csv"
+    path.write_text(item_table(texts), encoding="utf-8")
+    cells = [row["text"] for row in csv.DictReader(path.open(newline="", encoding="utf-8"))]
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
+    assert load_catalogue(path).texts == texts

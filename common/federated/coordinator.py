@@ -16,8 +16,6 @@ reason); the run goes on while ``min_silos`` training silos are left.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import replace
 from typing import Callable
@@ -31,6 +29,7 @@ from ..io import RunOutputs, atomic_write_text
 from ..merging import build_merge
 from ..model import ModelConfig, TextSeqRec, model_from_state, state_hash
 from ..data.domain import texts_hash
+from ..data.item_table import item_table
 from ..package import PackageInfo, add_new_domain_route, finish_package
 from ..report import Stages, peak_rss_mb, write_report
 from ..text import make_encoder
@@ -149,7 +148,7 @@ def collect_updates(ctx: Run) -> ModelPool:
         ctx.save(f"received/{safe_name(name)}.safetensors", update.state, silo=name)
         if ctx.outputs is not None and update.item_texts:  # what the silo shared, as a table
             atomic_write_text(ctx.outputs.path(f"catalogues/{safe_name(name)}.csv"),
-                              catalogue_table(update.item_texts))
+                              item_table(update.item_texts))
     return pool
 
 
@@ -170,16 +169,6 @@ def _checked_update(ctx: Run, name: str, payload: Payload):  # type: ignore[no-u
     ctx.catalogues[name] = texts_hash(rep.item_texts) if rep.item_texts else \
         state_hash({"vectors": rep.item_vectors})[:16]  # type: ignore[dict-item]
     return rep
-
-
-def catalogue_table(texts: list[str]) -> str:
-    """A received catalogue as an item table (``item_id`` = the item's index, ``text``), the
-    format ``mergerec-model`` reads."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["item_id", "text"])
-    writer.writerows(enumerate(texts))
-    return buf.getvalue()
 
 
 def add_baselines(ctx: Run, pool: ModelPool, extra_models: Extra | None) -> None:

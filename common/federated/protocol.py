@@ -231,6 +231,9 @@ def decode_train_reply(p: Payload, base: Layout, max_items: int) -> TrainReply:
         if len(texts) > max_items or any(len(t) > MAX_TEXT_CHARS for t in texts):
             raise ValueError(f"catalogue of {len(texts)} texts: more than {max_items} items or "
                              f"a text over {MAX_TEXT_CHARS} characters")
+        if texts and not any(t.strip() for t in texts):
+            raise ValueError(f"catalogue of {len(texts)} texts, every one empty (nothing to "
+                             "encode: every item would look alike)")
     if vectors is not None and (not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32
                                 or vectors.ndim != 2 or len(vectors) > max_items):
         raise ValueError(f"item vectors must be float32 [items <= {max_items}, dim]")
