@@ -78,7 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import run_server
 
     catalogues = dict(_pair(c, "--catalogue") for c in args.catalogue)
-    run_server(args.model, catalogues, args.host, args.port, args.max_batch)
+    if not args.body_timeout > 0:
+        raise SystemExit(f"error: --body-timeout must be a positive number of seconds, got "
+                         f"{args.body_timeout}")
+    run_server(args.model, catalogues, args.host, args.port, args.max_batch, args.body_timeout)
     return 0
 
 
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-batch", type=int, default=256, help="histories per batch request")
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds a request body may take to arrive (408 after)")
     p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("compare", help="side-by-side top-10 of several models on one domain")
     p.add_argument("--catalogue", required=True, help="the domain file (run where it lives)")

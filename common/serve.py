@@ -10,11 +10,13 @@ catalogues are loaded once at start-up (each catalogue encoded once per model).
     POST /recommend/batch        {"catalogue", "histories": [[...], ...], "k", ...}
 
 Bad requests get a 4xx with ``{"error": "..."}`` naming the problem (unknown item, model or
-catalogue, empty history, k out of range, oversized batch or body); never a stack trace.
+catalogue, empty history, k out of range, oversized batch or body, a body too slow to arrive);
+never a stack trace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +30,7 @@ from .package import load_package
 from .recommend import Catalogue, Recommender, UnknownItem, load_catalogue
 
 MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_S = 10.0  # a body still arriving after this is dropped (a slow client holds no worker)
 MAX_HISTORY = 1000  # items in one history (the model reads only its last max_len)
 log = logging.getLogger("mergerec.serve")
 History = Annotated[list[str | int], Field(max_length=MAX_HISTORY)]
@@ -56,8 +59,9 @@ class BadRequest(Exception):
 
 
 def create_app(recommenders: dict[tuple[str, str], Recommender], max_batch: int = 256,
-               max_body: int = MAX_BODY_BYTES) -> FastAPI:
-    """The service for ``(model name, catalogue name) → Recommender``."""
+               max_body: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+    """The service for ``(model name, catalogue name) → Recommender``; a request body must
+    arrive whole within ``body_timeout_s`` (408 otherwise)."""
     app = FastAPI(title="MergeRec recommendations", version="1")
     models = sorted({m for m, _ in recommenders})
     catalogues = sorted({c for _, c in recommenders})
@@ -91,6 +95,12 @@ def create_app(recommenders: dict[tuple[str, str], Recommender], max_batch: int 
             return JSONResponse({"error": "send the body with a Content-Length"}, status_code=411)
         if size is not None and (not size.isdigit() or int(size) > max_body):
             return JSONResponse({"error": f"request body over {max_body} bytes"}, status_code=413)
+        if request.method == "POST":  # read here (passed on to the route) under a deadline
+            try:
+                await asyncio.wait_for(request.body(), body_timeout_s)
+            except asyncio.TimeoutError:
+                return JSONResponse({"error": f"request body not received within "
+                                     f"{body_timeout_s:g} s"}, status_code=408)
         try:
             return await call_next(request)
         except Exception:  # noqa: BLE001 - clients get no stack trace
@@ -171,10 +181,11 @@ def wait_until_healthy(url: str, timeout_s: float = 300.0) -> bool:
 
 
 def run_server(model_dirs: list[str], catalogues: dict[str, str], host: str, port: int,
-               max_batch: int) -> None:
+               max_batch: int, body_timeout_s: float = BODY_TIMEOUT_S) -> None:
     import uvicorn
 
-    app = create_app(load_recommenders(model_dirs, catalogues), max_batch)
+    app = create_app(load_recommenders(model_dirs, catalogues), max_batch,
+                     body_timeout_s=body_timeout_s)
     print(f"serving {len(model_dirs)} model(s) × {len(catalogues)} catalogue(s) on "
           f"http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

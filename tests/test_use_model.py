@@ -266,3 +266,29 @@ def test_a_written_catalogue_is_spreadsheet_safe_and_reads_back_exactly(tmp_path
     cells = [row["text"] for row in csv.DictReader(path.open(newline="", encoding="utf-8"))]
     assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
     assert load_catalogue(path).texts == texts
+
+
+def test_a_request_body_too_slow_to_arrive_gets_408():
+    """A client that announces a body and never sends it held the service indefinitely."""
+    import asyncio
+
+    from common.serve import create_app
+
+    app = create_app({}, body_timeout_s=0.2)
+    sent: list[dict] = []
+
+    async def never() -> dict:
+        await asyncio.sleep(3600)
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/recommend", "raw_path": b"/recommend", "root_path": "",
+             "query_string": b"", "server": ("test", 80), "client": ("slow", 1),
+             "headers": [(b"content-length", b"100"), (b"content-type", b"application/json")]}
+    asyncio.run(asyncio.wait_for(app(scope, never, send), 10))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 408 and b"not received within 0.2 s" in body
