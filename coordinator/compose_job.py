@@ -31,16 +31,16 @@ from common.data import write_mergerec_json
 from common.experiment import load_domain
 from common.settings import PipelineConfig
 
-from .launch import _bin, _verdict, flwr_env, parse_override, submit_and_follow, toml_overrides
+from .launch import (_verdict, connection_toml, flwr_env, parse_override, register_supernodes,
+                     submit_and_follow, toml_overrides, wait_for_superlink)
 
 CONNECTION = "compose"
 
 
 def _env(superlink: str, pki: str | None, home: Path) -> dict[str, str]:
     env = flwr_env(home)
-    tls = f'root-certificates = "{pki}/ca.crt"' if pki else "insecure = true"
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-                                      f'[superlink.{CONNECTION}]\naddress = "{superlink}"\n{tls}\n')
+    (home / "config.toml").write_text(connection_toml(CONNECTION, superlink,
+                                                      Path(pki) / "ca.crt" if pki else None))
     return env
 
 
@@ -49,18 +49,6 @@ def _experiment(path: str | None) -> PipelineConfig:
         return load_yaml(PipelineConfig, path) if path else PipelineConfig()
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
-
-
-def _wait_for_superlink(env: dict[str, str], timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        out = subprocess.run([_bin("flwr"), "ls", CONNECTION], env=env, capture_output=True, text=True)
-        if out.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"error: the SuperLink did not answer within {timeout_s:.0f} s:\n"
-                             f"{out.stdout}{out.stderr}")
-        time.sleep(3)
 
 
 def data(args: argparse.Namespace) -> int:
@@ -73,22 +61,15 @@ def data(args: argparse.Namespace) -> int:
 
 def register(args: argparse.Namespace) -> int:
     env = _env(args.superlink, args.pki, Path("/tmp/flwr-register"))
-    _wait_for_superlink(env)
-    for silo in args.silo:
-        key = Path(args.pki) / f"{silo}.pub"
-        out = subprocess.run([_bin("flwr"), "supernode", "register", str(key), CONNECTION,
-                              "--name", silo], env=env, capture_output=True, text=True)
-        text = out.stdout + out.stderr
-        if out.returncode != 0 and "already" not in text.lower():
-            raise SystemExit(f"error: registering silo {silo}'s SuperNode key failed:\n{text}")
-        print(f"silo {silo}: SuperNode key registered", flush=True)
+    wait_for_superlink(env, CONNECTION)
+    register_supernodes(env, CONNECTION, {silo: Path(args.pki) / f"{silo}.pub" for silo in args.silo})
     return 0
 
 
 def submit(args: argparse.Namespace) -> int:
     cfg = _experiment(args.experiment)
     env = _env(args.superlink, args.pki, Path("/tmp/flwr-submit"))
-    _wait_for_superlink(env)
+    wait_for_superlink(env, CONNECTION)
     output = Path(args.output)
     values: dict[str, object] = {"output-dir": str(output), "root-dir": str(args.project),
                                  "num-silos": args.silos or len(cfg.data.domain_names())}

@@ -25,9 +25,10 @@ class FlowerFederation:
         self._roles: dict[str, str] = {}
         self.rejected: list[Failure] = []
 
-    def connect(self, expected: int, wait_s: float, names: list[str]) -> None:
+    def connect(self, expected: int, wait_s: float, names: list[str], registered: bool) -> None:
         """Wait up to ``wait_s`` for ``expected`` nodes, then learn every node's silo name;
-        only the run's silo ``names`` are accepted (:func:`accept_claims`)."""
+        only the run's silo ``names`` are accepted, with ``registered`` only from the node
+        whose SuperNode key was registered under that name (:func:`accept_claims`)."""
         deadline = time.monotonic() + wait_s
         nodes = list(self.grid.get_node_ids())
         while len(nodes) < expected and time.monotonic() < deadline:
@@ -44,7 +45,8 @@ class FlowerFederation:
             name = str(reply.config.get("silo", ""))
             self.ledger.record(name or f"node {key}", INFO, reply)
             claims[int(key)] = (name, str(reply.config.get("role", "train")))
-        self.nodes, self._roles, self.rejected = accept_claims(claims, names)
+        keys = {int(n.node_id): str(n.name) for n in self.grid.get_nodes()} if registered else None
+        self.nodes, self._roles, self.rejected = accept_claims(claims, names, keys)
 
     def roles(self) -> dict[str, str]:
         return dict(self._roles)
@@ -80,15 +82,25 @@ class FlowerFederation:
         return out
 
 
-def accept_claims(claims: dict[int, tuple[str, str]], names: list[str]
+def accept_claims(claims: dict[int, tuple[str, str]], names: list[str],
+                  registered: dict[int, str] | None = None
                   ) -> tuple[dict[str, int], dict[str, str], list[Failure]]:
     """Node id → (claimed silo name, role) to the accepted silos' nodes and roles, and the
-    refused claims: a name the run does not have, or one claimed by several nodes (given to
-    none of them: an impostor must neither push a silo out nor win by answering first)."""
+    refused claims: with ``registered`` (node id → the name its SuperNode key was registered
+    under), a claim that is not the node's registered name; a name the run does not have; a
+    name claimed by several nodes (given to none of them: an impostor must neither push a silo
+    out nor win by answering first)."""
     by_name: dict[str, list[tuple[int, str]]] = {}
+    rejected = []
     for node, (name, role) in sorted(claims.items()):
+        if registered is not None and registered.get(node) != name:
+            bound = registered.get(node) or "no name"
+            rejected.append(Failure(name or "?", "connect", f"node {node} claims silo name "
+                                    f"{name!r}, but its key is registered under {bound!r}; "
+                                    "ignored"))
+            continue
         by_name.setdefault(name, []).append((node, role))
-    nodes, roles, rejected = {}, {}, []
+    nodes, roles = {}, {}
     for name, claimants in by_name.items():
         ids = ", ".join(str(n) for n, _ in claimants)
         if name not in names:

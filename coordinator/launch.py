@@ -5,7 +5,8 @@ stop every process it started.
 ``simulate``: ``flwr run <project> local`` on Flower's simulation engine.
 ``deploy``: a SuperLink plus one SuperNode per silo, each with its own node config and data
 folder (the synthetic default is written out as one MergeRec-JSON folder per silo), then
-``flwr run <project> deploy`` against it.
+``flwr run <project> deploy`` against it; with TLS and SuperNode authentication (keys made
+under ``<work>/pki``, each registered under its silo's name) unless ``--insecure``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from common.federated.coordinator import safe_name
 from common.pipeline import simulated_silo_config
 from common.settings import PipelineConfig
 from silos.client_app import node_config_entries
+
+from .pki import DEFAULT_SANS, make_pki
 
 PROJECT = Path(__file__).resolve().parents[1]
 DONE = "finished:"
@@ -111,15 +114,55 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def superlink_args(database: str, port: int) -> list[str]:
-    """SuperLink flags (insecure loopback; docker-compose.yml uses the same ones)."""
-    return ["--insecure", "--disable-runtime-dependency-installation", "--database", database,
+def superlink_args(database: str, port: int, pki: Path | None) -> list[str]:
+    """SuperLink flags: TLS with the certificate of ``pki`` (:mod:`coordinator.pki`) and
+    SuperNode authentication, as docker-compose.yml runs it; plain without ``pki``."""
+    security = ["--insecure"] if pki is None else [
+        "--ssl-ca-certfile", str(pki / "superlink" / "ca.crt"),
+        "--ssl-certfile", str(pki / "superlink" / "server.pem"),
+        "--ssl-keyfile", str(pki / "superlink" / "server.key"), "--enable-supernode-auth"]
+    return [*security, "--disable-runtime-dependency-installation", "--database", database,
             "--port", str(port)]
 
 
-def supernode_args(superlink: str, port: int, node_config: str) -> list[str]:
-    """SuperNode flags: Fleet address, its own ClientApp runtime port, the silo's node config."""
-    return ["--insecure", "--superlink", superlink, "--port", str(port), "--node-config", node_config]
+def supernode_args(superlink: str, port: int, node_config: str, keys: Path | None) -> list[str]:
+    """SuperNode flags: Fleet address, its own ClientApp runtime port, the silo's node config;
+    TLS and its private key from ``keys`` (its ``supernode-<silo>`` folder), plain without."""
+    security = ["--insecure"] if keys is None else [
+        "--root-certificates", str(keys / "ca.crt"),
+        "--auth-supernode-private-key", str(keys / "supernode")]
+    return [*security, "--superlink", superlink, "--port", str(port), "--node-config", node_config]
+
+
+def connection_toml(name: str, address: str, ca: Path | None) -> str:
+    """The flwr CLI's connection ``name``: TLS with root certificate ``ca``, plain without."""
+    tls = f'root-certificates = "{ca}"' if ca else "insecure = true"
+    return f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{tls}\n'
+
+
+def wait_for_superlink(env: dict[str, str], connection: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run([_bin("flwr"), "ls", connection], env=env, capture_output=True,
+                             text=True)
+        if out.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: the SuperLink did not answer within {timeout_s:.0f} s:\n"
+                             f"{out.stdout}{out.stderr}")
+        time.sleep(3)
+
+
+def register_supernodes(env: dict[str, str], connection: str, keys: dict[str, Path]) -> None:
+    """Register each silo's SuperNode public key under the silo's name: the coordinator then
+    accepts that name only from the node holding the key (run config ``identity``)."""
+    for silo, key in keys.items():
+        out = subprocess.run([_bin("flwr"), "supernode", "register", str(key), connection,
+                              "--name", silo], env=env, capture_output=True, text=True)
+        text = out.stdout + out.stderr
+        if out.returncode != 0 and "already" not in text.lower():
+            raise SystemExit(f"error: registering silo {silo}'s SuperNode key failed:\n{text}")
+        print(f"silo {silo}: SuperNode key registered", flush=True)
 
 
 def free_port() -> int:
@@ -297,7 +340,7 @@ def simulate(args: argparse.Namespace) -> int:
     output = Path(args.output).resolve()
     home = Path(args.flwr_home).resolve()  # flwr runs in the project folder
     env = flwr_env(home)
-    values = common_overrides(args, output)
+    values = {"identity": "claimed", **common_overrides(args, output)}  # one operator, no keys
     overrides = toml_overrides(values, home / "run-overrides.toml")
     nodes = len(cfg.data.domain_names())
     started = time.time()
@@ -310,7 +353,9 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    """SuperLink + one SuperNode per silo on this machine, one run, then stop everything."""
+    """SuperLink + one SuperNode per silo on this machine, one run, then stop everything. TLS
+    and SuperNode authentication unless ``--insecure``: each silo's key is registered under its
+    name, and the coordinator accepts a silo's name only from the node holding that key."""
     cfg = _experiment(args)
     work = Path(args.work).resolve()
     output = Path(args.output).resolve()
@@ -318,24 +363,32 @@ def deploy(args: argparse.Namespace) -> int:
     home = work / "flwr-home"
     env = flwr_env(home)
     port = free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    pki = None if args.insecure else work / "pki"
+    if pki is not None:
+        make_pki(pki, [s.name for s in silos], list(DEFAULT_SANS))
+    (home / "config.toml").write_text(connection_toml(
+        "deploy", f"127.0.0.1:{port}", None if pki is None else pki / "public" / "ca.crt"))
     procs = Processes()
     started = time.time()
     try:
-        procs.start("superlink", [_bin("flower-superlink"), *superlink_args(str(work / "state.db"),
-                                                                             port)],
+        procs.start("superlink", [_bin("flower-superlink"),
+                                  *superlink_args(str(work / "state.db"), port, pki)],
                     env, work / "logs" / "superlink.log")
+        if pki is not None:
+            wait_for_superlink(env, "deploy")
+            register_supernodes(env, "deploy", {s.name: pki / "public" / f"{s.name}.pub"
+                                                for s in silos})
         # all silos share this machine's cores: without a cap every silo's torch takes all of
         # them and training slows down several-fold from oversubscription
         threads = str(args.threads_per_silo or max(1, (os.cpu_count() or 1) // len(silos)))
         silo_env = {**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         for spec in silos:
             procs.start(spec.name, [_bin("flower-supernode"), *supernode_args(
-                f"127.0.0.1:{port}", free_port(), spec.node_config(args.audit_dir or ""))],
+                f"127.0.0.1:{port}", free_port(), spec.node_config(args.audit_dir or ""),
+                None if pki is None else pki / f"supernode-{spec.name}")],
                         silo_env, work / "logs" / f"supernode-{spec.name}.log")
-        values = {**common_overrides(args, output), "num-silos": len(silos)}
+        values = {"identity": "claimed" if pki is None else "registered",
+                  **common_overrides(args, output), "num-silos": len(silos)}
         overrides = toml_overrides(values, work / "run-overrides.toml")
         _, status = submit_and_follow("deploy", overrides, env, args.timeout,
                                       on_tick=_killer(procs, args.kill_silo_after_train, work,
@@ -423,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="torch threads per silo process (0: cores // silos)")
             p.add_argument("--kill-silo-after-train", metavar="NAME",
                            help="fault drill: kill that silo's SuperNode once it has trained")
+            p.add_argument("--insecure", action="store_true",
+                           help="no TLS and no SuperNode authentication: any local process may "
+                                "join as a silo (opt-in, for trials)")
     args = parser.parse_args(argv)
     return simulate(args) if args.mode == "simulate" else deploy(args)
 

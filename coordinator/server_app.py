@@ -3,7 +3,9 @@
 Settings come from ``[tool.flwr.app.config]`` (override with ``flwr run . -c "key=value"``):
 ``experiment`` (YAML PipelineConfig, empty = synthetic default), ``seed``, ``output-dir``,
 ``catalogue``, ``min-silos``, ``num-silos`` (silos to wait for; 0 = every configured domain),
-``eval-only``, ``query-budget``, ``root-dir``. Outputs: ``<output-dir>/report.json``,
+``eval-only``, ``query-budget``, ``root-dir``, ``identity`` (``registered``: a silo's name is
+accepted only from the SuperNode whose key was registered under it; ``claimed``: the name a
+node states, for simulation and plain deployments). Outputs: ``<output-dir>/report.json``,
 ``report.md``, ``ledger.json``, ``learned_weights.json``, ``models/<name>/`` (model packages:
 weights, config, model card) and ``received/*.safetensors``.
 """
@@ -35,8 +37,12 @@ def main(grid: Grid, context: Context) -> None:
     root = Path(str(rc.get("root-dir", "") or ".")).resolve()
     cfg = config_from_run(rc, root)
     expected = int(rc.get("num-silos", 0) or 0) or len(cfg.data.domain_names())  # type: ignore[call-overload]
+    identity = str(rc.get("identity", "registered"))
+    if identity not in ("registered", "claimed"):
+        raise ValueError(f"run config identity must be 'registered' or 'claimed', got {identity!r}")
     fed = FlowerFederation(grid, log)
-    fed.connect(expected, cfg.federation.wait_for_silos_s, cfg.data.domain_names())
+    fed.connect(expected, cfg.federation.wait_for_silos_s, cfg.data.domain_names(),
+                registered=identity == "registered")
     log(f"silos: {fed.roles()}")
     report = run_coordinator(cfg.coordinator(), fed, log=log, ledger=fed.ledger)
     print(markdown_table(report), flush=True)

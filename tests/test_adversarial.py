@@ -267,6 +267,22 @@ def test_spoofed_duplicate_and_unknown_names_are_refused():
     assert nodes == {"sports": 2}
 
 
+def test_with_registered_keys_a_name_comes_only_from_its_key():
+    """Deployed with SuperNode authentication, a silo's name is the one its key was registered
+    under: a registered node claiming another silo's name, or a node whose key has no name,
+    is refused, and the authenticated claimant of a name keeps it."""
+    claims = {1: ("beauty", "train"), 2: ("sports", "train"), 3: ("beauty", "train"),
+              4: ("pantry", "eval")}
+    registered = {1: "beauty", 2: "sports", 3: "", 4: "sports"}
+    nodes, roles, rejected = accept_claims(claims, ["beauty", "sports", "pantry"], registered)
+    handled("a node without a registered name claiming a present silo's name",
+            nodes.get("beauty") == 1 and any(f.silo == "beauty" and "node 3" in f.reason
+                                             for f in rejected))
+    handled("a registered node claiming an absent silo's name", "pantry" not in nodes and any(
+        f.silo == "pantry" and "registered under 'sports'" in f.reason for f in rejected))
+    assert nodes == {"beauty": 1, "sports": 2} and roles == {"beauty": "train", "sports": "train"}
+
+
 def test_coordinator_ignores_silos_the_run_does_not_name(tmp_path):
     cfg = tiny_config(tmp_path, learned=[], merges=[{"method": "average"}])
     domains = make_synthetic_domains(cfg.data.synthetic)

@@ -239,6 +239,8 @@ def deployment(tmp_path_factory):
 def test_deployment_three_silos_matches_reference_and_stops_everything(deployment):
     tmp, _, work, report = deployment
     assert report["failures"] == [] and len(report["silos"]) == 3
+    link_log = (work / "logs" / "superlink.log").read_text()  # TLS, each silo's key registered
+    assert "running on https://" in link_log and link_log.count("Created node_id=") == 3
     _assert_own_training(report)  # from the node config's train-* keys
     _assert_matches_reference(report, tmp)
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
