@@ -46,6 +46,9 @@ class FlowerFederation:
             self.ledger.record(name or f"node {key}", INFO, reply)
             claims[int(key)] = (name, str(reply.config.get("role", "train")))
         keys = {int(n.node_id): str(n.name) for n in self.grid.get_nodes()} if registered else None
+        if keys is not None and claims and not any(keys.values()):
+            self.log("no node has a registered name (no SuperNode authentication): every silo "
+                     "is refused; run with -c identity=claimed for simulation or plain mode")
         self.nodes, self._roles, self.rejected = accept_claims(claims, names, keys)
 
     def roles(self) -> dict[str, str]:
