@@ -5,8 +5,7 @@
 Reads the finished runs of ``experiments/configs/experiments/lodo.yaml`` (one setting per
 left-out domain, one folder per seed) and writes, per left-out domain and on average, Recall@10
 and NDCG@10 of θ₀, every single silo's model transferred there, joint training of the others,
-the training-free merges, the paper's learned merges, the distilled residual and the new-domain
-path, with their ratios to θ₀ and a check of issue 33's targets per seed; the new-domain path
+the training-free merges, the learned merges the experiment ran and the new-domain path, with their ratios to θ₀ and a check of issue 33's targets per seed; the new-domain path
 each run chose (on the seen silos' validation splits only), wall time and memory.
 """
 
