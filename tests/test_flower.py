@@ -12,11 +12,18 @@ import pytest
 from flwr.app import Context, Message, Metadata, RecordDict
 from safetensors.numpy import load_file
 
+from common.config import load_yaml
 from common.data import make_synthetic_domains
+from common.evaluation import EvalConfig
+from common.evaluation.evaluate import evaluate_scores
 from common.federated import MESSAGE_KINDS, QueryRefused
+from common.federated.pool import NEW_DOMAIN_LABEL
 from common.federated.protocol import TrainRequest, encode_query, encode_train_request
 from common.model import ModelConfig, build_base_model
+from common.package import load_package
 from common.pipeline import simulated_silo_config
+from common.recommend import Catalogue, Recommender
+from common.settings import PipelineConfig
 from common.training import TrainConfig
 from common.federated import RunSettings
 from silos.client_app import app as client_app
@@ -221,6 +228,26 @@ def test_simulation_with_a_raising_silo_and_an_unseen_domain(tmp_path):
     assert merged["average unseen"] == merged["toys"]
     assert set(report["ledger"]["toys"]["messages"]) == {"query.info", "evaluate"}
     assert all(len(w) == 2 for w in report["learned_weights"]["mergerec task-wise"].values())
+    _assert_package_serves_the_unseen_domain_as_evaluated(report, yaml_path, out)
+
+
+def _assert_package_serves_the_unseen_domain_as_evaluated(report: dict, yaml_path: Path,
+                                                          out: Path) -> None:
+    """The learned merge's package knows the catalogues it was trained on; for the unseen one
+    it serves the new-domain path, and its recommendations reproduce the metrics the unseen
+    silo released for that path."""
+    cfg = load_yaml(PipelineConfig, yaml_path)
+    toys = next(d for d in make_synthetic_domains(cfg.data.synthetic) if d.name == "toys")
+    folder = out / "models" / "mergerec_task-wise"
+    assert set(json.loads((folder / "config.json").read_text())["trained_on"]) == \
+        {"beauty", "pantry"}
+    rec = Recommender(*load_package(folder, toys.item_texts),
+                      Catalogue("toys", [str(i) for i in range(toys.num_items)], toys.item_texts))
+    assert rec.route == "new domain"
+    got = evaluate_scores(rec.scores, toys, EvalConfig()).metrics
+    released = report["results"][NEW_DOMAIN_LABEL]["toys"]
+    assert got["recall@10"] == pytest.approx(released["recall@10"], abs=1e-6)
+    assert got["ndcg@10"] == pytest.approx(released["ndcg@10"], abs=1e-6)
 
 
 @pytest.fixture(scope="module")
