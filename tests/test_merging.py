@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from common.merging import LearnedMerge, MergeConfig, build_merge, methods, task_vectors, topk_mask
+from common.settings import REGISTRY
 
 
 @pytest.fixture(autouse=True)
@@ -137,12 +138,22 @@ def test_learned_merge_residual_is_added_and_trained():
     assert lm.weights.grad.abs().sum() > 0
 
 
+def test_a_parameter_the_method_does_not_read_is_refused():
+    with pytest.raises(ValueError, match="density is not a parameter of task_arithmetic"):
+        MergeConfig("task_arithmetic", density=0.5)
+    with pytest.raises(ValueError, match="lam is not a parameter of localize_stitch"):
+        MergeConfig("localize_stitch", lam=0.5)
+    MergeConfig("ties", lam=0.5, density=0.5)
+
+
 @pytest.mark.parametrize("method", ["ties", "dare", "pcb", "localize_stitch"])
 def test_small_tensors_are_never_sparsified(method):
     base = {"gate": torch.zeros(1), "w": torch.zeros(32)}
     ft = [{"gate": torch.tensor([0.4]), "w": torch.linspace(-1, 1, 32)},
           {"gate": torch.tensor([0.2]), "w": torch.linspace(1, -1, 32)}]
-    init = build_merge(MergeConfig(method, lam=1.0, drop_rate=0.9, density=0.1), base, ft)
+    own = REGISTRY[method].params
+    settings = {k: v for k, v in {"lam": 1.0, "drop_rate": 0.9, "density": 0.1}.items() if k in own}
+    init = build_merge(MergeConfig(method, **settings), base, ft)
     gate = init.merged(base)["gate"]
     expected = 1.0 * (0.4 + 0.2) if method == "dare" else (0.4 + 0.2) / 2
     assert torch.allclose(gate, torch.tensor([expected]))

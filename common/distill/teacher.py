@@ -18,10 +18,6 @@ class TeacherSignal:
     num_items: int
     indices: torch.Tensor | None = None
 
-    @property
-    def is_topk(self) -> bool:
-        return self.indices is not None
-
     def top1(self) -> torch.Tensor:
         """The teacher's top item per pseudo-user (the pseudo label)."""
         if self.indices is not None:

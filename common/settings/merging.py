@@ -63,6 +63,12 @@ class MergeConfig:
     def __post_init__(self) -> None:
         if self.method not in REGISTRY:
             raise ValueError(f"unknown merge method '{self.method}'; choose from {list(REGISTRY)}")
+        own = REGISTRY[self.method].params
+        default = MergeConfig.__dataclass_fields__
+        for key in ("lam", "density", "drop_rate", "rescale", "dare_base", "scope", "seed"):
+            if key not in own and getattr(self, key) != default[key].default:
+                raise ValueError(f"merge {self.label}: {key} is not a parameter of "
+                                 f"{self.method} (its parameters: {list(own) or 'none'})")
         tunable = [p for p in REGISTRY[self.method].params if p in GRID_PARAMS]
         for key, values in self.grid.items():
             if key not in tunable:

@@ -103,17 +103,6 @@ class TokenStates:
             start = end
         return groups
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The fields as named tensors (for safetensors files)."""
-        out = {"states": self.states.contiguous(), "offsets": self.offsets.contiguous()}
-        if self.center is not None:
-            out["center"] = self.center.contiguous()
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "TokenStates":
-        return cls(tensors["states"], tensors["offsets"], tensors.get("center"))
-
 
 def _to_row_end(sizes: torch.Tensor, rows: torch.Tensor, num_rows: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
