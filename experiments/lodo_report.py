@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -130,8 +131,10 @@ def summary_table(runs: dict[str, dict[int, dict]]) -> list[str]:
              "|---|" + "---:|" * (len(domains) + 1)]
     for method in methods_of(first):
         r = ratios(runs, method)
-        lines.append(f"| {method} | " + " | ".join(f"{x:.3f}" for x in r) +
-                     f" | {statistics.mean(r):.3f} |")
+        ran = [x for x in r if not math.isnan(x)]  # a method a setting left out: "—"
+        note = "" if len(ran) == len(r) else f" (the {len(ran)} run)"
+        lines.append(f"| {method} | " + " | ".join("—" if math.isnan(x) else f"{x:.3f}" for x in r)
+                     + f" | {statistics.mean(ran):.3f}{note} |")
     return lines
 
 
@@ -190,6 +193,7 @@ def report_markdown(runs: dict[str, dict[int, dict]]) -> str:
 def plot(runs: dict[str, dict[int, dict]], path: Path) -> Path:
     first = next(iter(next(iter(runs.values())).values()))
     shown = [m for m in methods_of(first) if m in (TRANSFERRED, JOINT, "task arithmetic",
+                                                   "mergerec task-wise", "mergerec layer-wise",
                                                    "mergerec tensor-wise",
                                                    "mergerec tensor-wise + distilled residual",
                                                    NEW_DOMAIN_LABEL)]

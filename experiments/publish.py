@@ -83,7 +83,8 @@ def grouped_bars(labels: list[str], series: dict[str, list[float]], xlabel: str,
                  row_height: float = 0.32, target: float | None = None, zoom: bool = False) -> Path:
     """Horizontal bars, one group per label and one bar per series (legend beside the bars,
     never over them), saved to ``path``. For ratios to θ₀, ``target`` draws lines at 1 and at
-    ``target``; ``zoom`` sets the axis around the values (differences of a few percent)."""
+    ``target``; ``zoom`` sets the axis around the values (differences of a few percent). A NaN
+    value is a bar left out."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,9 +96,9 @@ def grouped_bars(labels: list[str], series: dict[str, list[float]], xlabel: str,
     if target is not None:
         ax.axvline(1.0, color="black", lw=0.8)
         ax.axvline(target, color="red", lw=0.8, ls="--", label=f"{target}× θ₀")
-    if zoom:
-        lowest = min(1.0, *(v for values in series.values() for v in values))
-        ax.set_xlim(lowest - 0.05, max(target or 1.0, *(max(v) for v in series.values())) + 0.05)
+    if zoom:  # a missing value (NaN: a bar not drawn) does not set the axis
+        shown = [v for values in series.values() for v in values if v == v]
+        ax.set_xlim(min(1.0, *shown) - 0.05, max(target or 1.0, *shown) + 0.05)
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
