@@ -363,6 +363,8 @@ def deploy(args: argparse.Namespace) -> int:
     home = work / "flwr-home"
     env = flwr_env(home)
     port = free_port()
+    for old in work.glob("state.db*"):  # a fresh SuperLink: with keys, a node keeps its id, and an
+        old.unlink()                   # earlier deployment's node records would look online
     pki = None if args.insecure else work / "pki"
     if pki is not None:
         make_pki(pki, [s.name for s in silos], list(DEFAULT_SANS))
