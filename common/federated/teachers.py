@@ -68,7 +68,8 @@ class AnswerCheck:
         if name not in self._ranges:
             model = self.teachers[name]
             with on_device(model, eval_mode=True) as device, torch.no_grad():
-                beta = model.history_bias(model.encode_items(self.features[name].float().to(device)))
+                beta = model.history_bias(  # the parameter itself without a repeat head
+                    model.encode_items(self.features[name].float().to(device))).detach()
             self._ranges[name] = (-1.0 + min(0.0, float(beta.min())),
                                   1.0 + max(0.0, float(beta.max())))
         return self._ranges[name]
