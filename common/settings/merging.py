@@ -64,9 +64,10 @@ class MergeConfig:
         if self.method not in REGISTRY:
             raise ValueError(f"unknown merge method '{self.method}'; choose from {list(REGISTRY)}")
         own = REGISTRY[self.method].params
-        default = MergeConfig.__dataclass_fields__
-        for key in ("lam", "density", "drop_rate", "rescale", "dare_base", "scope", "seed"):
-            if key not in own and getattr(self, key) != default[key].default:
+        for key, spec in MergeConfig.__dataclass_fields__.items():  # a method's parameters
+            if key in ("method", "name", "grid") or key in own:
+                continue
+            if getattr(self, key) != spec.default:
                 raise ValueError(f"merge {self.label}: {key} is not a parameter of "
                                  f"{self.method} (its parameters: {list(own) or 'none'})")
         tunable = [p for p in REGISTRY[self.method].params if p in GRID_PARAMS]
